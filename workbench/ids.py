@@ -1,0 +1,72 @@
+"""Content-addressed identifiers and canonical forms of prompts and responses.
+
+A prompt is either a text or a conversation (a list of ``{role, content}`` messages, as in
+``transformers`` chat templates). Its id is a hash of its canonical form, so importing the same
+data twice adds nothing. A response id hashes the prompt id, the generator (model) that wrote it
+and its text: the same words from two models are two responses, as an arena needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Iterable
+
+ROLES = ("system", "user", "assistant", "tool")
+_ID_HEX = 24  # 96 bits: collision-free for any realistic store
+
+
+def _digest(*parts: str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode("utf-8", "surrogatepass"))
+        h.update(b"\x1f")
+    return h.hexdigest()[:_ID_HEX]
+
+
+def canonical_messages(messages: Iterable[Any]) -> list[dict[str, str]]:
+    """Validate a conversation and return it as a list of plain ``{role, content}`` dicts."""
+    out: list[dict[str, str]] = []
+    if isinstance(messages, (str, bytes)):
+        raise ValueError("a conversation must be a list of {role, content} messages, got a string")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise ValueError(f"message {i} is not a mapping with role and content")
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            raise ValueError(f"message {i} has role {role!r}; expected one of {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            raise ValueError(f"message {i} has non-text content ({type(content).__name__})")
+        out.append({"role": role, "content": content})
+    if not out:
+        raise ValueError("a conversation needs at least one message")
+    return out
+
+
+def render_messages(messages: list[dict[str, str]]) -> str:
+    """A conversation as readable text: ``User: ...\\n\\nAssistant: ...``."""
+    return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
+
+
+def prompt_key(text: str | None, messages: list[dict[str, str]] | None) -> str:
+    """The canonical string a prompt id is the hash of."""
+    if messages is not None:
+        return "messages\x1e" + json.dumps(messages, ensure_ascii=False, separators=(",", ":"))
+    return "text\x1e" + (text or "")
+
+
+def prompt_id_of(key: str) -> str:
+    return "p" + _digest(key)
+
+
+def response_id_of(prompt_id: str, text: str, model: str | None) -> str:
+    return "r" + _digest(prompt_id, model or "", text)
+
+
+def comparison_id_of(client_token: str) -> str:
+    return "c" + _digest(client_token)
+
+
+def import_token(*parts: Any) -> str:
+    """A deterministic client token for an imported label, so a re-import adds nothing."""
+    return "imp:" + _digest(*("" if p is None else str(p) for p in parts))
