@@ -12,7 +12,7 @@ setup:
 
 test:
 	bash scripts/setup.sh test
-	. ./.pg/env && .venv/bin/python -m pytest -q
+	eval "$$(bash scripts/postgres.sh)" && .venv/bin/python -m pytest -q
 
 bench:
 	bash scripts/setup.sh bench

@@ -1,15 +1,16 @@
 """Bulk writes: an input frame becomes prompt, response, annotator and label-event rows.
 
 The work is vectorized where it can be (polars), hashing runs once per unique prompt, response
-and label, and the rows go to the database in one transaction through the fastest path each
-backend offers (``executemany`` on SQLite, ``COPY`` on PostgreSQL).
+and label, and the rows go to the database in one transaction as Arrow (ADBC: a temporary table
+and one ``INSERT ... SELECT`` per table, ``COPY`` on PostgreSQL), with a DBAPI fallback.
 """
 
 from __future__ import annotations
 
-import hashlib
+import io
 import json
-from typing import TYPE_CHECKING, Any
+import os
+from typing import TYPE_CHECKING, Any, Sequence
 
 import polars as pl
 import sqlalchemy as sa
@@ -22,12 +23,6 @@ if TYPE_CHECKING:
 REJECTS_SCHEMA = {"line": pl.Int64, "field": pl.String, "reason": pl.String}
 
 
-def _hash_list(values: list[str], prefix: str) -> list[str]:
-    sha = hashlib.sha256
-    n = ids._ID_HEX
-    return [prefix + sha(v.encode("utf-8", "surrogatepass")).hexdigest()[:n] for v in values]
-
-
 def prepare_comparisons(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Add ids and tokens to an input frame; return it and the rows whose prompt is malformed."""
     rejects: list[dict[str, Any]] = []
@@ -37,7 +32,10 @@ def prepare_comparisons(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame
     for raw in msg_json:
         try:
             messages = ids.canonical_messages(json.loads(raw))
-            canon[raw] = (json.dumps(messages, ensure_ascii=False, separators=(",", ":")), ids.render_messages(messages))
+            single = ids.as_text_prompt(messages)
+            # "" marks a one-user-message conversation: stored as the text prompt it equals.
+            canon[raw] = ("" if single is not None else json.dumps(messages, ensure_ascii=False, separators=(",", ":")),
+                          single if single is not None else ids.render_messages(messages))
         except (ValueError, TypeError) as exc:
             canon[raw] = (None, str(exc))
     if canon:
@@ -51,45 +49,42 @@ def prepare_comparisons(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame
             rejects.append({"line": line, "field": "prompt_messages", "reason": err})
         frame = frame.with_columns(
             pl.when(pl.col("_msgs").is_not_null()).then(pl.col("_rendered")).otherwise(pl.col("prompt")).alias("prompt"),
-            pl.col("_msgs").alias("prompt_messages"),
+            pl.when(pl.col("_msgs") != "").then(pl.col("_msgs")).otherwise(pl.lit(None, dtype=pl.String)).alias("prompt_messages"),
         ).drop("_msgs", "_msg_err", "_rendered")
-    frame = frame.with_columns(
+    # Prompts: id = hash of the canonical form, once per distinct (text, conversation).
+    pkeys = frame.select("prompt", "prompt_messages").unique()
+    pkeys = pkeys.with_columns(
         pl.when(pl.col("prompt_messages").is_not_null())
         .then(pl.lit("messages\x1e") + pl.col("prompt_messages"))
         .otherwise(pl.lit("text\x1e") + pl.col("prompt").fill_null(""))
         .alias("_pkey")
     )
-    keys = frame.get_column("_pkey").unique().to_list()
-    pid = pl.DataFrame({"_pkey": keys, "prompt_id": _hash_list(keys, "p")}, schema={"_pkey": pl.String, "prompt_id": pl.String})
-    frame = frame.join(pid, on="_pkey", how="left", maintain_order="left").drop("_pkey")
+    pkeys = pkeys.with_columns(pl.Series("prompt_id", ids.digest_keys(pkeys["_pkey"].to_list(), "p"), dtype=pl.String)).drop("_pkey")
+    frame = frame.join(pkeys, on=["prompt", "prompt_messages"], how="left", nulls_equal=True, maintain_order="left")
 
-    # Responses: id = hash(prompt id, model, text), once per distinct triple.
-    sep = "\x1f"
-    for side in ("a", "b"):
-        frame = frame.with_columns(
-            (pl.col("prompt_id") + sep + pl.col(f"model_{side}").fill_null("") + sep + pl.col(f"response_{side}").fill_null("") + sep).alias(f"_rkey_{side}")
-        )
-    rkeys = pl.concat([frame.get_column("_rkey_a"), frame.get_column("_rkey_b")]).unique().to_list()
-    rid = pl.DataFrame({"_rkey": rkeys, "_rid": _hash_list(rkeys, "r")}, schema={"_rkey": pl.String, "_rid": pl.String})
-    for side in ("a", "b"):
-        frame = frame.join(rid.rename({"_rkey": f"_rkey_{side}", "_rid": f"response_{side}_id"}), on=f"_rkey_{side}", how="left", maintain_order="left")
-    frame = frame.drop("_rkey_a", "_rkey_b")
+    frame = _attach_response_ids(frame)
 
     # Labels: a deterministic token from what the label says and its occurrence number, so a
-    # re-import adds nothing while two identical votes in one file stay two votes.
+    # re-import adds nothing while two identical votes in one file stay two votes. The token is
+    # ``ids.import_token(annotator, response a, response b, label, strength, shown_left, gold,
+    # occurrence)`` and the comparison id shares its digest (``"c" + digest``).
     parts = ["annotator_id", "response_a_id", "response_b_id", "label", "strength", "shown_left", "gold"]
-    frame = frame.with_columns(pl.int_range(pl.len()).over(parts).alias("_occ"))
-    key = pl.concat_str([pl.col(c).cast(pl.String).fill_null("") for c in parts] + [pl.col("_occ").cast(pl.String)], separator=sep)
-    frame = frame.with_columns(key.alias("_tkey"))
-    digests = _hash_list(frame.get_column("_tkey").to_list(), "")
-    frame = frame.with_columns(pl.Series("_digest", digests, dtype=pl.String)).drop("_tkey", "_occ")
+    sep = ids.SEP
+    base = pl.concat_str([pl.col(c).cast(pl.String).fill_null("") for c in parts], separator=sep)
+    frame = frame.with_columns(base.alias("_tkey"))
+    frame = frame.with_columns(pl.col("_tkey") + sep + pl.int_range(pl.len()).over("_tkey").cast(pl.String))
+    digests = ids.digest_keys(frame.get_column("_tkey").to_list())
+    frame = frame.with_columns(pl.Series("_digest", digests, dtype=pl.String)).drop("_tkey")
     given = frame.get_column("client_token")
     if given.null_count() < frame.height:
-        given_ids = [None if t is None else ids.comparison_id_of(t) for t in given.to_list()]
-        frame = frame.with_columns(pl.Series("_given_cid", given_ids, dtype=pl.String))
+        tokens = given.drop_nulls().unique()
+        cids = pl.DataFrame({"client_token": tokens, "_given_cid": ids.digest_keys(tokens.to_list(), "c")},
+                            schema={"client_token": pl.String, "_given_cid": pl.String})
+        frame = frame.join(cids, on="client_token", how="left", maintain_order="left")
     else:
         frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias("_given_cid"))
     frame = frame.with_columns(
+        pl.col("client_token").is_not_null().alias("_given_token"),
         pl.coalesce(pl.col("client_token"), pl.lit("imp:") + pl.col("_digest")).alias("client_token"),
         pl.coalesce(pl.col("_given_cid"), pl.lit("c") + pl.col("_digest")).alias("comparison_id"),
     ).drop("_digest", "_given_cid")
@@ -99,12 +94,267 @@ def prepare_comparisons(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame
     return frame, pl.DataFrame(rejects, schema=REJECTS_SCHEMA)
 
 
-def _ts_strings(col: pl.Expr) -> pl.Expr:
-    return col.dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%d %H:%M:%S%.6f")
+def _attach_response_ids(frame: pl.DataFrame) -> pl.DataFrame:
+    """Add ``response_a_id``/``response_b_id``: hash(prompt id, model, text), once per distinct triple.
+
+    Distinct triples are found on a 64-bit in-process hash of the text (cheap on long texts);
+    the join back is checked text by text, and on the rare hash collision the exact (slower)
+    join on the texts themselves is used, so ids never depend on the transient hash.
+    """
+    sep = ids.SEP
+
+    def sides(h: bool) -> pl.DataFrame:
+        cols = lambda s: [pl.col("prompt_id"), pl.col(f"model_{s}").alias("model"), pl.col(f"response_{s}").alias("text")]  # noqa: E731
+        extra = lambda s: [pl.col(f"response_{s}").hash(seed=1).alias("_h")] if h else []  # noqa: E731
+        return pl.concat([frame.select(cols(s) + extra(s)) for s in ("a", "b")])
+
+    for hashed in (True, False):
+        on = ["prompt_id", "model", "_h"] if hashed else ["prompt_id", "model", "text"]
+        triples = sides(hashed).unique(subset=on, keep="first")
+        keys = triples.select(pl.col("prompt_id") + sep + pl.col("model").fill_null("") + sep + pl.col("text").fill_null(""))
+        triples = triples.with_columns(pl.Series("_rid", ids.digest_keys(keys.to_series().to_list(), "r"), dtype=pl.String))
+        out = frame
+        for s in ("a", "b"):
+            if hashed:
+                out = out.with_columns(pl.col(f"response_{s}").hash(seed=1).alias("_h"))
+                right = triples.rename({"model": f"model_{s}", "text": "_text", "_rid": f"response_{s}_id"})
+                out = out.join(right, on=["prompt_id", f"model_{s}", "_h"], how="left", nulls_equal=True, maintain_order="left")
+            else:
+                right = triples.rename({"model": f"model_{s}", "text": f"response_{s}", "_rid": f"response_{s}_id"})
+                out = out.join(right, on=["prompt_id", f"model_{s}", f"response_{s}"], how="left", nulls_equal=True, maintain_order="left")
+            if hashed:
+                if not out.select(pl.col("_text").eq_missing(pl.col(f"response_{s}")).all()).item():
+                    break  # a 64-bit collision: redo with the exact join
+                out = out.drop("_h", "_text")
+        else:
+            return out
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
-def write_prepared(store: "Store", conn: sa.Connection, frame: pl.DataFrame, import_id: str) -> dict[str, int]:
-    """Insert the rows of a prepared frame; returns how many of each were new."""
+# ---------------------------------------------------------------------------- transactions
+SQLITE_TS = "%Y-%m-%d %H:%M:%S%.6f"  # how SQLAlchemy stores a DateTime in SQLite (UTC)
+
+
+class ArrowTransaction:
+    """One transaction on a connection of its own that moves whole frames in and out.
+
+    Frames go in through a temporary table and one ``INSERT ... SELECT`` per table, so the
+    indexes are maintained by the database in one pass. On PostgreSQL with
+    ``adbc-driver-postgresql`` installed the transaction runs on an ADBC connection: frames go
+    in as Arrow (binary ``COPY``) and results come back as Arrow, with no Python object per
+    row. Otherwise (SQLite always) the same calls run on a SQLAlchemy connection of the store
+    through its DBAPI driver; SQLite results are read as JSON lines parsed by polars.
+    """
+
+    def __init__(self, store: "Store", write: bool):
+        self.store, self.write = store, write
+        self.dialect = store.dialect
+        self._n_tmp = 0
+        self._adbc = None
+        self._sa_ctx = None
+        if _use_adbc(store):
+            self._adbc = _adbc_connect(store, write)
+            self._cur = self._adbc.cursor()
+        else:
+            self._sa_ctx = store._write() if write else store._read()
+            self._conn = self._sa_ctx.__enter__()
+            self._cur = self._conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+
+    # -- lifecycle
+    def __enter__(self) -> "ArrowTransaction":
+        if self._adbc is not None:
+            self._cur.execute("BEGIN")
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._adbc is not None:
+            try:
+                self._cur.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            finally:
+                try:
+                    self._cur.close()
+                finally:
+                    self._adbc.close()
+        else:
+            try:
+                if exc_type is None and self.dialect == "sqlite":
+                    for i in range(1, self._n_tmp + 1):  # a pooled connection keeps temp tables
+                        self._cur.execute(f"DROP TABLE IF EXISTS temp._wb_tmp_{i}")
+            finally:
+                self._cur.close()
+                self._sa_ctx.__exit__(exc_type, exc, tb)  # type: ignore[union-attr]
+
+    def commit_and_begin(self) -> None:
+        """End the transaction and start a new one (ADBC only; a no-op otherwise)."""
+        if self._adbc is not None:
+            self._cur.execute("COMMIT")
+            self._cur.execute("BEGIN")
+
+    # -- statements
+    def ph(self, i: int) -> str:
+        """The placeholder of the ``i``-th (0-based) parameter."""
+        if self.dialect == "sqlite":
+            return "?"
+        return f"${i + 1}" if self._adbc is not None else "%s"
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        self._cur.execute(sql, tuple(params)) if params else self._cur.execute(sql)
+        if self.dialect == "sqlite":
+            self._cur.execute("SELECT changes()")
+            return int(self._cur.fetchone()[0])
+        return int(self._cur.rowcount or 0)
+
+    def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        self._cur.execute(sql, tuple(params)) if params else self._cur.execute(sql)
+        row = self._cur.fetchone()
+        self._cur.fetchall()
+        return row[0] if row else None
+
+    def frame(self, sql: str, params: Sequence[Any] = (), schema: dict[str, Any] | None = None) -> pl.DataFrame:
+        """A query's rows as a polars frame, cast to ``schema`` (name -> dtype) when given."""
+        if self._adbc is not None:
+            self._cur.execute(sql, tuple(params)) if params else self._cur.execute(sql)
+            out = pl.from_arrow(self._cur.fetch_arrow_table())
+            assert isinstance(out, pl.DataFrame)
+        elif self.dialect == "sqlite" and schema:
+            out = self._sqlite_json_frame(sql, params, list(schema))
+        else:
+            self._cur.execute(sql, tuple(params)) if params else self._cur.execute(sql)
+            names = [d[0] for d in self._cur.description]
+            rows = self._cur.fetchall()
+            out = pl.DataFrame(rows, schema=names, orient="row", infer_schema_length=None) if rows else pl.DataFrame({n: [] for n in names})
+        if schema:
+            out = out.select([_cast(out[name], dtype) for name, dtype in schema.items()])
+        return out
+
+    def _sqlite_json_frame(self, sql: str, params: Sequence[Any], names: list[str]) -> pl.DataFrame:
+        """Read through SQLite's JSON functions: one text per row, parsed by polars in bulk.
+
+        Python's ``sqlite3`` makes a Python object of every value; asking SQLite for one JSON
+        object per row and parsing the lines with ``pl.read_ndjson`` is several times faster
+        on large results (and needs no second SQLite library in the process).
+        """
+        obj = "json_object(" + ", ".join(f"'{n}', q.{n}" for n in names) + ")"
+        self._cur.execute(f"SELECT {obj} FROM ({sql}) q", tuple(params))
+        chunks = []
+        while True:
+            rows = self._cur.fetchmany(200_000)
+            if not rows:
+                break
+            chunks.append("\n".join([r[0] for r in rows]))
+        if not chunks:
+            return pl.DataFrame({n: [] for n in names})
+        text = "\n".join(chunks).encode("utf-8", "surrogatepass")
+        return pl.read_ndjson(io.BytesIO(text), infer_schema_length=None)
+
+    def temp_table(self, frame: pl.DataFrame) -> str:
+        """Load a frame into a new temporary table (dropped at the end of the connection)."""
+        self._n_tmp += 1
+        name = f"_wb_tmp_{self._n_tmp}"
+        frame = self._for_db(frame)
+        if self._adbc is not None:
+            self._cur.adbc_ingest(name, frame.to_arrow(compat_level=pl.CompatLevel.oldest()), mode="create", temporary=True)
+            return name
+        cols = ", ".join(f"{c} {_sql_type(t, self.dialect)}" for c, t in frame.schema.items())
+        on_commit = " ON COMMIT DROP" if self.dialect == "postgresql" else ""
+        self._cur.execute(f"CREATE TEMPORARY TABLE {name} ({cols}){on_commit}")
+        if self.dialect == "postgresql":
+            with self._cur.copy(f"COPY {name} ({', '.join(frame.columns)}) FROM STDIN") as copy:
+                for row in frame.iter_rows():
+                    copy.write_row(row)
+        else:
+            marks = ", ".join("?" * frame.width)
+            self._cur.executemany(f"INSERT INTO {name} VALUES ({marks})", frame.iter_rows())
+        return name
+
+    def insert_ignore(self, table: sa.Table, frame: pl.DataFrame) -> int:
+        """Insert the frame's rows, skipping those whose key is already there; returns how many were new."""
+        if frame.height == 0:
+            return 0
+        tmp = self.temp_table(frame)
+        cols = ", ".join(frame.columns)
+        if self.dialect == "sqlite":
+            return self.execute(f"INSERT OR IGNORE INTO {table.name} ({cols}) SELECT {cols} FROM temp.{tmp}")
+        return self.execute(f"INSERT INTO {table.name} ({cols}) SELECT {cols} FROM {tmp} ON CONFLICT DO NOTHING")
+
+    def _for_db(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Timestamps as SQLite stores them (UTC text); everything else as it is."""
+        if self.dialect != "sqlite":
+            return frame
+        return frame.with_columns(
+            [pl.col(c).dt.convert_time_zone("UTC").dt.strftime(SQLITE_TS) if t.time_zone else pl.col(c).dt.strftime(SQLITE_TS)  # type: ignore[union-attr]
+             for c, t in frame.schema.items() if isinstance(t, pl.Datetime)]
+            + [pl.col(c).cast(pl.Int8) for c, t in frame.schema.items() if t == pl.Boolean]
+        )
+
+
+def _cast(col: pl.Series, dtype: Any) -> pl.Series:
+    if isinstance(dtype, pl.Datetime):
+        return parse_timestamps(col).alias(col.name)
+    if dtype == pl.Boolean and col.dtype != pl.Boolean:
+        return (col.cast(pl.Int64) != 0).alias(col.name)
+    return col.cast(dtype)
+
+
+def parse_timestamps(col: pl.Series) -> pl.Series:
+    """Timestamps as UTC microseconds, from SQLite's text or a database's native type."""
+    if col.dtype == pl.String:
+        return col.str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_unit="us").dt.replace_time_zone("UTC")
+    if isinstance(col.dtype, pl.Datetime):
+        if col.dtype.time_zone is None:
+            return col.dt.cast_time_unit("us").dt.replace_time_zone("UTC")
+        return col.dt.cast_time_unit("us").dt.convert_time_zone("UTC")
+    if col.dtype == pl.Null or col.null_count() == len(col):
+        return pl.Series(col.name, [None] * len(col), dtype=pl.Datetime("us", "UTC"))
+    raise TypeError(f"cannot read {col.name} ({col.dtype}) as timestamps")
+
+
+def _sql_type(dtype: Any, dialect: str) -> str:
+    if dtype in (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt32):
+        return "BIGINT"
+    if dtype in (pl.Float32, pl.Float64):
+        return "DOUBLE PRECISION" if dialect == "postgresql" else "REAL"
+    if dtype == pl.Boolean:
+        return "BOOLEAN"
+    if isinstance(dtype, pl.Datetime):
+        return "TIMESTAMPTZ" if dialect == "postgresql" else "TEXT"
+    return "TEXT"
+
+
+def _use_adbc(store: "Store") -> bool:
+    if os.environ.get("WORKBENCH_NO_ADBC"):
+        return False
+    if store.dialect == "sqlite":
+        # Never ADBC on SQLite: its driver carries its own SQLite library, and two SQLite
+        # libraries in one process release each other's POSIX locks (a known way to corrupt a
+        # database, https://sqlite.org/howtocorrupt.html#multiple_copies_of_sqlite_linked_into_the_same_application).
+        return False
+    if store.dialect == "postgresql":
+        module = "adbc_driver_postgresql"
+    else:
+        return False
+    try:
+        __import__(module + ".dbapi")
+    except ImportError:
+        return False
+    return True
+
+
+def _adbc_connect(store: "Store", write: bool) -> Any:
+    import adbc_driver_postgresql.dbapi as adbc_pg
+
+    url = store.engine.url.set(drivername="postgresql")
+    return adbc_pg.connect(url.render_as_string(hide_password=False), autocommit=True)
+
+
+def transaction(store: "Store", write: bool = True) -> ArrowTransaction:
+    """``with transaction(store) as tx:`` one write (or read) transaction for whole frames."""
+    return ArrowTransaction(store, write)
+
+
+# ---------------------------------------------------------------------------- writes
+def import_tables(frame: pl.DataFrame, import_id: str) -> dict[str, pl.DataFrame]:
+    """The prompt, response, annotator and event rows of a prepared frame."""
     from .store import utcnow
 
     now = utcnow()
@@ -126,58 +376,63 @@ def write_prepared(store: "Store", conn: sa.Connection, frame: pl.DataFrame, imp
         frame.select(pl.col(f"response_{s}_id").alias("response_id"), "prompt_id", pl.col(f"response_{s}").alias("text"), pl.col(f"model_{s}").alias("model"), "created_at")
         for s in ("a", "b")
     ]).unique(subset="response_id", keep="first", maintain_order=True).with_columns(pl.lit(None, dtype=pl.String).alias("metadata"))
+    # Rows go in key order: the B-tree indexes then grow at their ends instead of at random
+    # places (twice as fast on SQLite). Event ids within one import follow comparison ids.
+    responses = responses.sort("response_id")
     annotators = frame.select("annotator_id").unique(maintain_order=True).with_columns(
-        pl.col("annotator_id").alias("name"), pl.lit("annotator").alias("role"), pl.lit(True).alias("active"), pl.lit(now).alias("created_at")
+        pl.col("annotator_id").alias("name"), pl.lit("annotator").alias("role"), pl.lit(True).alias("active"),
+        pl.lit(now).alias("created_at")
     )
     events = frame.select(
         "comparison_id", pl.lit("label").alias("kind"), "prompt_id", "response_a_id", "response_b_id", "label", "strength",
         "annotator_id", "shown_left", "source", "gold", "rationale", "duration_ms", "created_at", "client_token",
         pl.lit(import_id).alias("import_id"),
-    )
-    return {
-        "prompts": _insert_ignore_frame(store, conn, schema.prompts, prompts),
-        "responses": _insert_ignore_frame(store, conn, schema.responses, responses),
-        "annotators": _insert_ignore_frame(store, conn, schema.annotators, annotators),
-        "labels": _insert_ignore_frame(store, conn, schema.label_events, events),
+    ).sort("comparison_id")
+    return {"prompts": prompts.sort("prompt_id"), "responses": responses, "annotators": annotators, "label_events": events}
+
+
+def write_prepared(store: "Store", tx: ArrowTransaction, frame: pl.DataFrame, import_id: str) -> dict[str, int]:
+    """Insert the rows of a prepared frame in ``tx``; returns how many of each were new.
+
+    A client token given in the input that the store already holds for a different label is
+    refused (:class:`workbench.store.StoreError`), as :meth:`Store.add_label` refuses it.
+    """
+    tables = import_tables(frame, import_id)
+    counts = {
+        "prompts": tx.insert_ignore(schema.prompts, tables["prompts"]),
+        "responses": tx.insert_ignore(schema.responses, tables["responses"]),
+        "annotators": tx.insert_ignore(schema.annotators, tables["annotators"]),
+        "labels": tx.insert_ignore(schema.label_events, tables["label_events"]),
     }
+    if "_given_token" in frame.columns and counts["labels"] < frame.height and frame["_given_token"].any():
+        _refuse_reused_tokens(tx, frame.filter(pl.col("_given_token")), import_id)
+    return counts
 
 
-def _insert_ignore_frame(store: "Store", conn: sa.Connection, table: sa.Table, frame: pl.DataFrame) -> int:
-    if frame.height == 0:
-        return 0
-    cols = frame.columns
-    if store.dialect == "sqlite":
-        frame = frame.with_columns(
-            [_ts_strings(pl.col(c)) for c, t in frame.schema.items() if isinstance(t, pl.Datetime)]
+def _refuse_reused_tokens(tx: ArrowTransaction, given: pl.DataFrame, import_id: str) -> None:
+    from .store import StoreError
+
+    cols = ["client_token", "prompt_id", "response_a_id", "response_b_id", "label", "annotator_id"]
+    tmp = tx.temp_table(given.select(cols))
+    clash = tx.frame(
+        f"""SELECT t.client_token, e.event_id FROM {'temp.' if tx.dialect == 'sqlite' else ''}{tmp} t
+            JOIN label_events e ON e.client_token = t.client_token
+            WHERE (e.import_id IS NULL OR e.import_id <> {tx.ph(0)})
+              AND (e.prompt_id <> t.prompt_id OR e.response_a_id <> t.response_a_id
+                   OR e.response_b_id <> t.response_b_id OR e.label IS NULL OR e.label <> t.label
+                   OR e.annotator_id <> t.annotator_id)
+            LIMIT 1""",
+        (import_id,),
+    )
+    if clash.height:
+        token, event_id = clash.row(0)
+        raise StoreError(
+            f"client token {token!r} was already used for a different label (event {event_id}); "
+            "a token names one submission; nothing was written"
         )
-        sql = f"INSERT OR IGNORE INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        before = conn.connection.driver_connection.total_changes  # type: ignore[union-attr]
-        cur.executemany(sql, frame.iter_rows())
-        return conn.connection.driver_connection.total_changes - before  # type: ignore[union-attr]
-    if store.dialect == "postgresql":
-        raw = conn.connection.driver_connection  # psycopg.Connection
-        tmp = f"_wb_tmp_{table.name}"
-        with raw.cursor() as cur:
-            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {tmp} (LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DROP")
-            cur.execute(f"ALTER TABLE {tmp} ADD COLUMN IF NOT EXISTS _ord bigint")
-            cur.execute(f"TRUNCATE {tmp}")
-            with cur.copy(f"COPY {tmp} ({', '.join(cols)}, _ord) FROM STDIN") as copy:
-                for i, row in enumerate(frame.iter_rows()):
-                    copy.write_row((*row, i))
-            cur.execute(
-                f"INSERT INTO {table.name} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {tmp} ORDER BY _ord ON CONFLICT DO NOTHING"
-            )
-            return cur.rowcount
-    # Any other backend: the portable path.
-    stmt = store._insert_ignore(table)
-    total = 0
-    for row in frame.iter_rows(named=True):
-        total += conn.execute(stmt.values(**row)).rowcount
-    return total
 
 
-def write_candidates(store: "Store", conn: sa.Connection, frame: pl.DataFrame) -> dict[str, int]:
+def write_candidates(store: "Store", tx: ArrowTransaction, frame: pl.DataFrame) -> dict[str, int]:
     """Insert prompts and responses (no labels); returns how many were new."""
     from .frames import MAX_TEXT_CHARS
     from .store import utcnow
@@ -222,6 +477,6 @@ def write_candidates(store: "Store", conn: sa.Connection, frame: pl.DataFrame) -
         pl.col("model_a").alias("model"), "created_at",
     ).with_columns(meta.alias("metadata")).unique(subset="response_id", keep="first", maintain_order=True)
     return {
-        "prompts": _insert_ignore_frame(store, conn, schema.prompts, prompts),
-        "responses": _insert_ignore_frame(store, conn, schema.responses, responses),
+        "prompts": tx.insert_ignore(schema.prompts, prompts),
+        "responses": tx.insert_ignore(schema.responses, responses),
     }

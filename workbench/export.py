@@ -5,6 +5,13 @@ holds texts, the conversational form holds lists of ``{role, content}`` messages
 ``b`` becomes chosen = response b. Ties carry no preference: they are dropped, or kept (with
 ``ties="keep"``) as rows with ``tie = true`` in the order a, b. "Both bad" rows are dropped.
 ``margin`` carries the label strength where one was given (TRL's RewardTrainer reads it).
+``comparison_id`` and ``annotator_id`` ride along, so an exported file can be traced back to the
+version's rows (and :mod:`workbench.importers` reads ``annotator_id``, ``margin`` and ``tie`` back).
+
+The TRL formats go to ``.jsonl``, ``.parquet`` or (any other path) a ``datasets`` folder; the
+``parquet``, ``jsonl`` and ``datasets`` formats write the whole comparisons table. Every export
+accepts a :class:`~workbench.versions.Version` (its file is checked against its hash first) or a
+comparisons frame (polars, pandas, ``datasets``).
 """
 
 from __future__ import annotations
@@ -47,10 +54,15 @@ def trl_frame(comparisons: pl.DataFrame, *, conversational: bool = False, ties: 
     return out
 
 
-def export_version(version: "Version", path: str | os.PathLike, format: str = "trl", *, ties: str = "drop") -> Path:
+def export_version(version: "Version | Any", path: str | os.PathLike, format: str = "trl", *, ties: str = "drop") -> Path:
+    """Write a version (or a comparisons frame) as ``format`` to ``path``; returns the path."""
+    from .frames import as_comparisons
+
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
-    frame = version.to_polars()
+    if ties not in ("drop", "keep"):
+        raise ValueError("ties must be 'drop' or 'keep'")
+    frame = as_comparisons(version)
     path = Path(path)
     if format.startswith("trl"):
         frame = trl_frame(frame, conversational=format == "trl-conversational", ties=ties)

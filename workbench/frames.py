@@ -143,8 +143,12 @@ def _text_problems(col: str, required: bool) -> list[tuple[pl.Expr, str]]:
     return checks
 
 
-def find_invalid(frame: pl.DataFrame) -> pl.DataFrame:
-    """Vectorized checks of an input frame; returns rejects ``(line, field, reason)``."""
+def find_invalid(frame: pl.DataFrame, *, allow_empty_responses: bool = False) -> pl.DataFrame:
+    """Vectorized checks of an input frame; returns rejects ``(line, field, reason)``.
+
+    ``allow_empty_responses`` accepts empty (or blank) response texts, but not missing ones: some
+    data sets (LLMFAO, PandaLM) hold empty model outputs that annotators really judged.
+    """  # fix(importers): allow_empty_responses, needed for LLMFAO (1,208 votes) and PandaLM (54 items)
     has_messages = pl.col("prompt_messages").is_not_null()
     checks: list[tuple[str, pl.Expr, str]] = []
     checks.append(
@@ -158,7 +162,9 @@ def find_invalid(frame: pl.DataFrame) -> pl.DataFrame:
         for expr, why in _text_problems(col, required=False):
             checks.append((col, expr, why))
     for col in ("response_a", "response_b"):
-        for expr, why in _text_problems(col, required=True):
+        if allow_empty_responses:
+            checks.append((col, pl.col(col).is_null(), "missing text"))
+        for expr, why in _text_problems(col, required=not allow_empty_responses):
             checks.append((col, expr, why))
     for col in ("model_a", "model_b", "annotator_id", "category"):
         checks.append(

@@ -16,12 +16,26 @@ ROLES = ("system", "user", "assistant", "tool")
 _ID_HEX = 24  # 96 bits: collision-free for any realistic store
 
 
+SEP = "\x1f"  # between (and after) the parts of a hashed key
+
+
 def _digest(*parts: str) -> str:
     h = hashlib.sha256()
     for part in parts:
         h.update(part.encode("utf-8", "surrogatepass"))
         h.update(b"\x1f")
     return h.hexdigest()[:_ID_HEX]
+
+
+def digest_keys(keys: Iterable[str], prefix: str = "") -> list[str]:
+    """``prefix + _digest(key)`` for many keys at once (the bulk path's hashing).
+
+    A key made of several parts must already hold them joined as ``part1 SEP part2 SEP ...``
+    without the final separator: ``digest_keys([a + SEP + b])[0] == _digest(a, b)``.
+    """
+    sha = hashlib.sha256
+    n = _ID_HEX
+    return [prefix + sha((k + SEP).encode("utf-8", "surrogatepass")).hexdigest()[:n] for k in keys]
 
 
 def canonical_messages(messages: Iterable[Any]) -> list[dict[str, str]]:
@@ -41,6 +55,16 @@ def canonical_messages(messages: Iterable[Any]) -> list[dict[str, str]]:
     if not out:
         raise ValueError("a conversation needs at least one message")
     return out
+
+
+def as_text_prompt(messages: list[dict[str, str]]) -> str | None:
+    """A conversation of one user message is the same prompt as its text: return that text.
+
+    Text prompts read as one user message, so both forms share one id and one row.
+    """
+    if len(messages) == 1 and messages[0]["role"] == "user":
+        return messages[0]["content"]
+    return None
 
 
 def render_messages(messages: list[dict[str, str]]) -> str:

@@ -59,6 +59,8 @@ def resolve_url(url: str | os.PathLike | None) -> str:
     if url is None:
         url = os.environ.get("WORKBENCH_DB") or DEFAULT_DB
     url = str(url)
+    if url == ":memory:":
+        return "sqlite://"  # an in-memory store (tests, notebooks); its files go to ./workbench_files
     if "://" in url:
         if url.startswith("postgresql://") or url.startswith("postgres://"):
             url = "postgresql+psycopg://" + url.split("://", 1)[1]
@@ -285,8 +287,16 @@ class Store:
             if existing is not None:
                 return self._resubmitted(existing, row)
             self._check_refs(conn, prompt_id, (response_a_id, response_b_id), annotator_id)
-            event_id = conn.execute(schema.label_events.insert().values(**row)).inserted_primary_key[0]
+            event_id = self._insert_event(conn, row)
+            if event_id is None:  # PostgreSQL: another transaction recorded this token meanwhile
+                return self._resubmitted(self._event_by_token(conn, token), row)  # type: ignore[arg-type]
         return LabelReceipt(int(event_id), row["comparison_id"], True)
+
+    def _insert_event(self, conn: sa.Connection, row: dict) -> int | None:
+        """Insert one event; ``None`` when its client token is already taken (a lost race)."""
+        e = schema.label_events
+        got = conn.execute(self._insert_ignore(e).values(**row).returning(e.c.event_id)).first()
+        return int(got[0]) if got else None
 
     def correct(self, comparison_id: str, label: str, annotator_id: str, *, client_token: str | None = None, **fields: Any) -> LabelReceipt:
         """Record a corrected label for a comparison: a new event that supersedes the latest one."""
@@ -304,15 +314,11 @@ class Store:
                 existing = self._event_by_token(conn, client_token)
                 if existing is not None:
                     return LabelReceipt(int(existing["event_id"]), existing["comparison_id"], False)
-            latest = (
-                sa.select(e.c.comparison_id, sa.func.max(e.c.event_id).label("last"))
-                .group_by(e.c.comparison_id)
-                .subquery()
-            )
+            later = schema.label_events.alias("later")
+            superseded = sa.exists().where(later.c.comparison_id == e.c.comparison_id, later.c.event_id > e.c.event_id)
             row = conn.execute(
                 sa.select(e.c.comparison_id)
-                .join(latest, latest.c.last == e.c.event_id)
-                .where(e.c.annotator_id == annotator_id, e.c.kind == "label")
+                .where(e.c.annotator_id == annotator_id, e.c.kind == "label", ~superseded)
                 .order_by(e.c.event_id.desc())
                 .limit(1)
             ).first()
@@ -330,8 +336,14 @@ class Store:
             raise ValueError(f"unknown label fields: {sorted(unknown)}")
         token = client_token or f"tok:{uuid.uuid4().hex}"
         with self._write() as conn:
+            if self.dialect == "postgresql":
+                # One supersede per comparison at a time (SQLite writers are serialized anyway),
+                # so two concurrent undos cannot both retract the same label.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:c))"), {"c": comparison_id})
             existing = self._event_by_token(conn, token)
             if existing is not None:
+                if existing["comparison_id"] != comparison_id or existing["kind"] != kind:
+                    raise StoreError(f"client token {token!r} was already used for a different event (event {existing['event_id']})")
                 return LabelReceipt(int(existing["event_id"]), existing["comparison_id"], False)
             last = conn.execute(
                 sa.select(e).where(e.c.comparison_id == comparison_id).order_by(e.c.event_id.desc()).limit(1)
@@ -353,7 +365,10 @@ class Store:
             for k in ("strength", "shown_left", "gold", "rationale", "duration_ms"):
                 if k in fields:
                     row[k] = fields[k]
-            event_id = conn.execute(e.insert().values(**row)).inserted_primary_key[0]
+            event_id = self._insert_event(conn, row)
+            if event_id is None:
+                existing = self._event_by_token(conn, token)
+                return LabelReceipt(int(existing["event_id"]), existing["comparison_id"], False)  # type: ignore[index]
         return LabelReceipt(int(event_id), comparison_id, True)
 
     def _event_by_token(self, conn: sa.Connection, token: str) -> dict | None:
@@ -406,6 +421,7 @@ class Store:
         rows_rejected: int = 0,
         rejects_path: str | None = None,
         skip_invalid: bool = False,
+        allow_empty_responses: bool = False,  # fix(importers): LLMFAO/PandaLM hold empty model outputs
     ) -> ImportReport:
         """Write many comparisons (texts, labels, annotators) in one transaction.
 
@@ -421,7 +437,7 @@ class Store:
             pl.col("annotator_id").fill_null(annotator_id),
             pl.col("gold").fill_null(False),
         )
-        rejects = find_invalid(frame)
+        rejects = find_invalid(frame, allow_empty_responses=allow_empty_responses)
         prepared, more_rejects = prepare_comparisons(frame)
         if more_rejects.height:
             rejects = pl.concat([rejects, more_rejects]).unique(subset=["line"], keep="first").sort("line")
@@ -430,18 +446,18 @@ class Store:
                 raise InvalidRows(path, rejects)
             prepared = prepared.filter(~pl.col("line").is_in(rejects["line"].implode()))
         import_id = "imp_" + uuid.uuid4().hex[:20]
-        from .bulk import write_prepared
+        from .bulk import transaction, write_prepared
 
-        with self._write() as conn:
-            counts = write_prepared(self, conn, prepared, import_id)
-            conn.execute(
-                schema.imports.insert().values(
-                    import_id=import_id, path=path, format=format, file_sha256=file_sha256,
-                    rows_read=frame.height + rows_rejected, rows_rejected=rows_rejected + rejects.height,
-                    labels_added=counts["labels"], prompts_added=counts["prompts"],
-                    responses_added=counts["responses"], created_at=utcnow(),
-                )
-            )
+        with transaction(self) as tx:
+            counts = write_prepared(self, tx, prepared, import_id)
+            tx.insert_ignore(schema.imports, pl.DataFrame([dict(
+                import_id=import_id, path=path, format=format, file_sha256=file_sha256,
+                rows_read=frame.height + rows_rejected, rows_rejected=rows_rejected + rejects.height,
+                labels_added=counts["labels"], prompts_added=counts["prompts"],
+                responses_added=counts["responses"], created_at=utcnow(),
+            )], schema={"import_id": pl.String, "path": pl.String, "format": pl.String, "file_sha256": pl.String,
+                        "rows_read": pl.Int64, "rows_rejected": pl.Int64, "labels_added": pl.Int64,
+                        "prompts_added": pl.Int64, "responses_added": pl.Int64, "created_at": pl.Datetime("us", "UTC")}))
         return ImportReport(
             path=path, format=format, rows_read=frame.height + rows_rejected,
             rows_rejected=rows_rejected + rejects.height, labels_added=counts["labels"],
@@ -456,10 +472,10 @@ class Store:
         Columns: ``prompt`` (or ``prompt_messages`` as JSON), optional ``category``, ``response``,
         optional ``model`` and ``metadata`` (a JSON object as text, e.g. a hidden true quality).
         """
-        from .bulk import write_candidates
+        from .bulk import transaction, write_candidates
 
-        with self._write() as conn:
-            return write_candidates(self, conn, frame)
+        with transaction(self) as tx:
+            return write_candidates(self, tx, frame)
 
     def import_file(
         self,
@@ -507,8 +523,7 @@ class Store:
         """The current labels, resolved as a snapshot would, without writing a version."""
         from .versions import resolve_comparisons
 
-        with self._read() as conn:
-            return resolve_comparisons(self, conn, watermark=None)[0]
+        return resolve_comparisons(self, None, watermark=None)[0]
 
     def stats(self) -> dict[str, int]:
         """Counts of what the store holds now."""
@@ -585,7 +600,11 @@ def _prompt_row(content: Any, category: str | None, metadata: dict | None) -> di
         messages, text = None, content
     else:
         messages = ids.canonical_messages(content)
-        text = ids.render_messages(messages)
+        text = ids.as_text_prompt(messages)
+        if text is not None:
+            messages = None
+        else:
+            text = ids.render_messages(messages)
     key = ids.prompt_key(None if messages else text, messages)
     return dict(
         prompt_id=ids.prompt_id_of(key), kind="messages" if messages else "text", text=text,

@@ -101,62 +101,68 @@ class Version:
 _VERIFIED: dict[tuple[str, int, int], str] = {}
 
 
-def _read_rows(conn: sa.Connection, sql: str, params: dict, names: list[str]) -> pl.DataFrame:
-    rows = conn.exec_driver_sql(sql, params).fetchall() if params else conn.exec_driver_sql(sql).fetchall()
-    if not rows:
-        return pl.DataFrame({n: [] for n in names})
-    return pl.DataFrame(rows, schema=names, orient="row", infer_schema_length=None)
-
-
-def _param(store: "Store") -> str:
-    return "?" if store.dialect == "sqlite" else "%(w)s"
-
-
 def resolve_comparisons(
     store: "Store",
-    conn: sa.Connection,
-    watermark: int | None,
+    conn: Any = None,
+    watermark: int | None = None,
     exclude_annotators: Sequence[str] = (),
     sources: Sequence[str] | None = None,
 ) -> tuple[pl.DataFrame, int]:
-    """The comparisons table at a watermark (``None``: now), and that watermark."""
+    """The comparisons table at a watermark (``None``: now), and that watermark.
+
+    Every comparison resolves to its latest event with ``event_id <= watermark``: a correction
+    replaces the label, a retraction removes the comparison. The events come back as Arrow and
+    are resolved in polars. ``conn`` is accepted for compatibility and not used: the read runs in
+    a transaction of its own.
+    """
+    from .bulk import transaction
+
     if watermark is None:
-        watermark = int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(schema.label_events.c.event_id), 0))).scalar_one())
-    p = _param(store)
-    params: Any = (watermark,) if store.dialect == "sqlite" else {"w": watermark}
-    event_cols = HASH_COLUMNS
-    events = _read_rows(
-        conn,
-        f"""SELECT {', '.join('e.' + c for c in event_cols)}
-            FROM label_events e
-            JOIN (SELECT MAX(event_id) AS m FROM label_events WHERE event_id <= {p} GROUP BY comparison_id) t
-              ON e.event_id = t.m
-            WHERE e.kind = 'label'""",
-        params,
-        event_cols,
-    )
-    if exclude_annotators:
-        events = events.filter(~pl.col("annotator_id").is_in(list(exclude_annotators)))
-    if sources is not None:
-        events = events.filter(pl.col("source").is_in(list(sources)))
-    if events.height == 0:
-        return pl.DataFrame(schema=COMPARISONS_SCHEMA), watermark
-    prompts = _read_rows(
-        conn,
-        f"""SELECT p.prompt_id, p.text, p.messages, p.category FROM prompts p
-            WHERE p.prompt_id IN (SELECT DISTINCT prompt_id FROM label_events WHERE event_id <= {p})""",
-        params,
-        ["prompt_id", "prompt", "messages", "category"],
-    )
-    responses = _read_rows(
-        conn,
-        f"""SELECT r.response_id, r.text, r.model FROM responses r WHERE r.response_id IN (
-              SELECT response_a_id FROM label_events WHERE event_id <= {p}
-              UNION SELECT response_b_id FROM label_events WHERE event_id <= {p})""",
-        params + params if store.dialect == "sqlite" else params,
-        ["response_id", "text", "model"],
-    )
+        watermark = current_watermark(store)
+    with transaction(store, write=False) as tx:
+        w = (int(watermark),)
+        events = tx.frame(
+            f"SELECT event_id, kind, {', '.join(HASH_COLUMNS)} FROM label_events WHERE event_id <= {tx.ph(0)} ORDER BY event_id",
+            w, schema={"event_id": pl.Int64, "kind": pl.String, **{c: COMPARISONS_SCHEMA[c] for c in HASH_COLUMNS}},
+        )
+        if events.height and events["comparison_id"].n_unique() < events.height:
+            events = events.unique(subset="comparison_id", keep="last", maintain_order=True)
+        events = events.filter(pl.col("kind") == "label").drop("event_id", "kind")
+        if exclude_annotators:
+            events = events.filter(~pl.col("annotator_id").is_in(list(exclude_annotators)))
+        if sources is not None:
+            events = events.filter(pl.col("source").is_in(list(sources)))
+        if events.height == 0:
+            return pl.DataFrame(schema=COMPARISONS_SCHEMA), watermark
+        prompt_ids = events.select(pl.col("prompt_id").unique())
+        response_ids = pl.concat([events["response_a_id"], events["response_b_id"]]).unique().to_frame("response_id")
+        tmp_p = tx.temp_table(prompt_ids)
+        tmp_r = tx.temp_table(response_ids)
+        temp = "temp." if tx.dialect == "sqlite" else ""
+        prompts = tx.frame(
+            f"SELECT p.prompt_id, p.text AS prompt, p.messages, p.category FROM {temp}{tmp_p} t JOIN prompts p ON p.prompt_id = t.prompt_id",
+            schema={"prompt_id": pl.String, "prompt": pl.String, "messages": pl.String, "category": pl.String},
+        )
+        responses = tx.frame(
+            f"SELECT r.response_id, r.text, r.model FROM {temp}{tmp_r} t JOIN responses r ON r.response_id = t.response_id",
+            schema={"response_id": pl.String, "text": pl.String, "model": pl.String},
+        )
     return _assemble(events, prompts, responses), watermark
+
+
+def current_watermark(store: "Store") -> int:
+    """The largest event id such that every event up to it is committed.
+
+    SQLite has one writer at a time, so the largest visible id is that. On PostgreSQL a
+    transaction can take an id and commit after a later one; ``LOCK ... IN SHARE MODE`` waits
+    for the writers in flight (and holds new ones back for the moment it takes to read the
+    maximum), so no event below the watermark can appear after the snapshot.
+    """
+    with store.engine.connect() as conn:
+        with conn.begin():
+            if store.dialect == "postgresql":
+                conn.exec_driver_sql("LOCK TABLE label_events IN SHARE MODE")
+            return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(schema.label_events.c.event_id), 0))).scalar_one())
 
 
 def _assemble(events: pl.DataFrame, prompts: pl.DataFrame, responses: pl.DataFrame) -> pl.DataFrame:
@@ -166,27 +172,13 @@ def _assemble(events: pl.DataFrame, prompts: pl.DataFrame, responses: pl.DataFra
         .otherwise(pl.col("messages").str.json_decode(MESSAGES))
         .alias("prompt_messages")
     ).drop("messages")
-    resp = responses.select(pl.col("response_id"), pl.col("text").cast(pl.String), pl.col("model").cast(pl.String))
     frame = (
         events.join(prompts, on="prompt_id", how="left")
-        .join(resp.rename({"response_id": "response_a_id", "text": "response_a", "model": "model_a"}), on="response_a_id", how="left")
-        .join(resp.rename({"response_id": "response_b_id", "text": "response_b", "model": "model_b"}), on="response_b_id", how="left")
+        .join(responses.rename({"response_id": "response_a_id", "text": "response_a", "model": "model_a"}), on="response_a_id", how="left")
+        .join(responses.rename({"response_id": "response_b_id", "text": "response_b", "model": "model_b"}), on="response_b_id", how="left")
     )
-    frame = frame.with_columns(_parse_ts(frame["created_at"]).alias("created_at"), pl.col("gold").cast(pl.Boolean))
-    out = frame.select([pl.col(c).cast(t) if c not in ("created_at", "prompt_messages") else pl.col(c) for c, t in COMPARISONS_SCHEMA.items()])
+    out = frame.select([pl.col(c).cast(t) for c, t in COMPARISONS_SCHEMA.items()])
     return out.sort(["created_at", "comparison_id"])
-
-
-def _parse_ts(col: pl.Series) -> pl.Series:
-    if col.dtype == pl.String:
-        return col.str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_unit="us").dt.replace_time_zone("UTC")
-    if isinstance(col.dtype, pl.Datetime):
-        if col.dtype.time_zone is None:
-            return col.dt.cast_time_unit("us").dt.replace_time_zone("UTC")
-        return col.dt.cast_time_unit("us").dt.convert_time_zone("UTC")
-    if col.dtype == pl.Object or col.dtype == pl.Null:
-        return pl.Series(col.name, [None] * len(col), dtype=pl.Datetime("us", "UTC"))
-    return col.cast(pl.Datetime("us", "UTC"))
 
 
 def content_hash(frame: pl.DataFrame) -> str:
@@ -234,7 +226,7 @@ def take_snapshot(
         if conn.execute(sa.select(schema.versions.c.name).where(schema.versions.c.name == name)).first():
             raise StoreError(f"version name {name!r} is taken; names are never reused")
         parent_row = conn.execute(sa.select(schema.versions.c.name).order_by(schema.versions.c.created_at.desc()).limit(1)).first()
-        frame, watermark = resolve_comparisons(store, conn, None, exclude_annotators, sources)
+    frame, watermark = resolve_comparisons(store, None, None, exclude_annotators, sources)
     digest = content_hash(frame)
     stats = frame_stats(frame)
     vdir = store.files_dir / "versions"

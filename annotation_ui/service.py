@@ -1,0 +1,261 @@
+"""What the annotation app does, independent of how it is reached (Gradio events or the JSON API).
+
+Every method takes the caller's :class:`workbench.auth.Account` (looked up from the session on
+every call, so a role change or a disabled account takes effect at once), validates its inputs
+(:class:`BadRequest` with a clear message and no change otherwise), and checks the role for admin
+work. Labels are committed to the store before a method returns, so an acknowledged label
+survives the server being killed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import polars as pl
+
+from workbench import assign, auth
+from workbench.auth import Account, AuthError
+
+from .render import conversation_to_safe_html, markdown_to_safe_html
+
+CHOICES = ("left", "right", "tie", "both_bad")
+STRENGTHS = {None: None, "": None, "none": None, "slightly": 1.0, "much": 2.0, 1: 1.0, 2: 2.0, 1.0: 1.0, 2.0: 2.0}
+MAX_RATIONALE_CHARS = 5000
+GUIDELINES_KEY = "ui.guidelines"
+MAX_GUIDELINES_CHARS = 100_000
+_ASSIGNMENT_ID = re.compile(r"^[0-9a-f]{32}$")
+_CLIENT_TOKEN = re.compile(r"^[A-Za-z0-9_.:\-]{8,120}$")
+DEFAULT_GUIDELINES = """\
+**Which response is better?** Read the prompt, then both responses.
+
+* **A better / B better** (keys **1** / **2**): one response is more helpful, correct and safe.
+  Say how much with *slightly* or *much* if you can.
+* **Tie** (**3**): equally good. **Both bad** (**4**): neither is acceptable.
+* **Skip** (**s**) a pair you cannot judge; **Undo** (**u**) takes back your last label.
+* Judge the content, not the position: which side a response is shown on is random.
+"""
+
+
+class BadRequest(ValueError):
+    """An input from the browser that the server refuses (nothing was changed)."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One pair as an annotator sees it (no hint of which response is A or whether it is gold)."""
+
+    assignment_id: str
+    prompt_html: str
+    left_html: str
+    right_html: str
+    prompt_text: str
+    left_text: str
+    right_text: str
+    category: str | None
+    expires_at: float
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class _TextCache:
+    """Texts are content-addressed and immutable, so they are cached per process."""
+
+    def __init__(self, store: Any, size: int = 20_000):
+        self.store, self.size = store, size
+        self.prompts: OrderedDict[str, tuple[str, str | None, str | None]] = OrderedDict()
+        self.responses: OrderedDict[str, str] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def prompt(self, prompt_id: str) -> tuple[str, str | None, str | None]:
+        with self.lock:
+            hit = self.prompts.get(prompt_id)
+        if hit is None:
+            import sqlalchemy as sa
+            from workbench.schema import prompts
+
+            with self.store._read() as conn:  # noqa: SLF001
+                row = conn.execute(sa.select(prompts.c.text, prompts.c.messages, prompts.c.category).where(prompts.c.prompt_id == prompt_id)).first()
+            hit = (row[0], row[1], row[2]) if row else ("", None, None)
+            with self.lock:
+                self.prompts[prompt_id] = hit
+                if len(self.prompts) > self.size:
+                    self.prompts.popitem(last=False)
+        return hit
+
+    def response(self, response_id: str) -> str:
+        with self.lock:
+            hit = self.responses.get(response_id)
+        if hit is None:
+            import sqlalchemy as sa
+            from workbench.schema import responses
+
+            with self.store._read() as conn:  # noqa: SLF001
+                hit = conn.execute(sa.select(responses.c.text).where(responses.c.response_id == response_id)).scalar() or ""
+            with self.lock:
+                self.responses[response_id] = hit
+                if len(self.responses) > self.size:
+                    self.responses.popitem(last=False)
+        return hit
+
+
+class AnnotationService:
+    """The annotation app's operations on one store."""
+
+    def __init__(self, store: Any, *, scorer: Callable[[pl.DataFrame], Any] | None = None):
+        self.store = store
+        self.scorer = scorer
+        assign.ensure_tables(store)
+        auth._ensure(store)  # noqa: SLF001
+        self.reconciled = assign.reconcile(store)
+        self.texts = _TextCache(store)
+
+    # ------------------------------------------------------------------ accounts
+    def login(self, annotator_id: Any, password: Any) -> tuple[str, Account]:
+        if not isinstance(annotator_id, str) or not isinstance(password, str):
+            raise BadRequest("name and password are texts")
+        acct = auth.authenticate(self.store, annotator_id.strip(), password)
+        return auth.issue_session(self.store, acct.annotator_id), acct
+
+    def check_password(self, annotator_id: str, password: str) -> bool:
+        try:
+            auth.authenticate(self.store, annotator_id, password)
+            return True
+        except (AuthError, ValueError):
+            return False
+
+    def session(self, token: Any) -> Account:
+        return auth.session_account(self.store, token)
+
+    def account(self, annotator_id: Any) -> Account:
+        if not isinstance(annotator_id, str) or not annotator_id:
+            raise AuthError("not logged in")
+        return auth.account(self.store, annotator_id)
+
+    def logout(self, token: str) -> None:
+        auth.end_session(self.store, token)
+
+    # ------------------------------------------------------------------ annotate
+    def next_item(self, acct: Account) -> Item | None:
+        """The annotator's current lease, or a new one; ``None`` when their queue is empty."""
+        cfg = assign.load_config(self.store)
+        scorer = self.scorer if cfg.strategy == "active" else None
+        strategy = cfg.strategy if (cfg.strategy != "active" or scorer is not None) else "balanced"
+        a = assign.assign_next_pair(self.store, acct.annotator_id, strategy, scorer=scorer)
+        return self._item(a) if a is not None else None
+
+    def _item(self, a: assign.Assignment) -> Item:
+        text, messages, category = self.texts.prompt(a.prompt_id)
+        left_id, right_id = (a.response_a_id, a.response_b_id) if a.shown_left == "a" else (a.response_b_id, a.response_a_id)
+        left, right = self.texts.response(left_id), self.texts.response(right_id)
+        return Item(
+            assignment_id=a.assignment_id,
+            prompt_html=conversation_to_safe_html(messages, fallback=text),
+            left_html=markdown_to_safe_html(left), right_html=markdown_to_safe_html(right),
+            prompt_text=text, left_text=left, right_text=right, category=category, expires_at=a.expires_at,
+        )
+
+    def submit(self, acct: Account, assignment_id: Any, choice: Any, strength: Any = None, rationale: Any = None) -> dict:
+        """Record a label for one of the caller's assignments (idempotent) and lease the next pair."""
+        assignment_id = _check_assignment_id(assignment_id)
+        if choice not in CHOICES:
+            raise BadRequest(f"choice must be one of {', '.join(CHOICES)}; got {str(choice)[:40]!r}")
+        strength = _check_strength(strength, choice)
+        rationale = _check_rationale(rationale)
+        try:
+            a, receipt = assign.record_label(self.store, assignment_id, acct.annotator_id, choice, strength=strength, rationale=rationale)
+        except assign.AssignmentError as exc:
+            raise BadRequest(str(exc)) from exc
+        nxt = self.next_item(acct)
+        return {"recorded": receipt.created, "comparison_id": receipt.comparison_id, "event_id": receipt.event_id, "next": nxt}
+
+    def skip(self, acct: Account, assignment_id: Any) -> dict:
+        assignment_id = _check_assignment_id(assignment_id)
+        try:
+            skipped = assign.skip(self.store, assignment_id, acct.annotator_id)
+        except assign.AssignmentError as exc:
+            raise BadRequest(str(exc)) from exc
+        return {"skipped": skipped, "next": self.next_item(acct)}
+
+    def undo(self, acct: Account, client_token: Any) -> dict:
+        """Retract the caller's last label (a superseding event); that pair comes back next."""
+        if not isinstance(client_token, str) or not _CLIENT_TOKEN.match(client_token):
+            raise BadRequest("client_token must be 8-120 characters of letters, digits, '_', '.', ':' or '-'")
+        token = "undo:" + hashlib.sha256(f"{acct.annotator_id}\x1f{client_token}".encode()).hexdigest()[:48]
+        receipt, _again = assign.undo_last(self.store, acct.annotator_id, client_token=token)
+        return {"undone": receipt.comparison_id if receipt is not None else None,
+                "recorded": bool(receipt is not None and receipt.created), "next": self.next_item(acct)}
+
+    def progress(self, acct: Account) -> dict:
+        return assign.progress(self.store, acct.annotator_id)
+
+    def guidelines(self, acct: Account | None = None) -> str:
+        return self.store.get_setting(GUIDELINES_KEY, DEFAULT_GUIDELINES)
+
+    def guidelines_html(self, acct: Account | None = None) -> str:
+        return markdown_to_safe_html(self.guidelines(acct))
+
+    # ------------------------------------------------------------------ admin
+    def set_guidelines(self, acct: Account, text: Any) -> None:
+        auth.require_admin(acct)
+        if not isinstance(text, str) or len(text) > MAX_GUIDELINES_CHARS:
+            raise BadRequest(f"guidelines are a text of at most {MAX_GUIDELINES_CHARS:,} characters")
+        self.store.set_setting(GUIDELINES_KEY, text)
+
+    def set_assign_config(self, acct: Account, **settings: Any) -> assign.AssignConfig:
+        auth.require_admin(acct)
+        try:
+            cfg = assign.AssignConfig.from_dict(settings)
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(str(exc)) from exc
+        if cfg.strategy == "active" and self.scorer is None:
+            raise BadRequest("the active strategy needs a fitted model: fit a leaderboard first (admin view) or start the server with a scorer")
+        assign.save_config(self.store, cfg)
+        return cfg
+
+    def admin(self, acct: Account) -> "AdminView":
+        from .admin import AdminView
+
+        auth.require_admin(acct)
+        return AdminView(self.store, self)
+
+
+def _check_assignment_id(value: Any) -> str:
+    if not isinstance(value, str) or not _ASSIGNMENT_ID.match(value):
+        raise BadRequest("assignment_id must be the 32-character id the server gave with the pair")
+    return value
+
+
+def _check_strength(value: Any, choice: str) -> float | None:
+    if isinstance(value, bool) or not _hashable(value) or value not in STRENGTHS:
+        raise BadRequest("strength must be empty, 'slightly' (1) or 'much' (2)")
+    s = STRENGTHS[value]
+    if s is not None and choice not in ("left", "right"):
+        raise BadRequest("strength applies only when one response is better (left or right)")
+    return s
+
+
+def _hashable(v: Any) -> bool:
+    try:
+        hash(v)
+        return True
+    except TypeError:
+        return False
+
+
+def _check_rationale(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadRequest("rationale must be a text")
+    if len(value) > MAX_RATIONALE_CHARS:
+        raise BadRequest(f"rationale is {len(value):,} characters; at most {MAX_RATIONALE_CHARS:,} are allowed")
+    if "\x00" in value:
+        raise BadRequest("rationale must not contain NUL characters")
+    value = value.strip()
+    return value or None

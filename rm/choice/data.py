@@ -1,0 +1,408 @@
+"""From a comparisons table to aggregated pair counts.
+
+A fit never loops over comparisons: the table is reduced once to one row per distinct
+``(first item, second item, display side, annotator, covariate values)`` with the counts of the
+four outcomes.  Items are put in a canonical order (``first < second``); a swapped comparison has
+its outcome, display side and covariates flipped.  Memory is O(comparisons + items).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+LABELS = ("a", "b", "tie", "both_bad")
+OUTCOME_FIRST, OUTCOME_SECOND, OUTCOME_TIE, OUTCOME_BOTH_BAD = range(4)
+UNKNOWN_ANNOTATOR = "(unknown)"
+
+
+class NoFiniteMLEError(ValueError):
+    """The comparison graph does not pin the scores down (and no prior was given)."""
+
+
+def as_frame(data) -> tuple[pl.DataFrame, str | None]:
+    """Return ``(polars frame, version hash or None)`` for a Version, polars or pandas frame."""
+    version_hash = getattr(data, "hash", None)
+    if isinstance(data, pl.LazyFrame):
+        data = data.collect()
+    if isinstance(data, pl.DataFrame):
+        return data, None
+    try:
+        import pandas as pd
+
+        if isinstance(data, pd.DataFrame):
+            return pl.from_pandas(data), None
+    except ImportError:  # pragma: no cover
+        pass
+    if hasattr(data, "to_polars"):
+        frame = data.to_polars()
+        if isinstance(frame, pl.LazyFrame):
+            frame = frame.collect()
+        return frame, (str(version_hash) if version_hash is not None else None)
+    if type(data).__name__ == "Dataset":
+        try:  # a Hugging Face datasets.Dataset, via the workbench's converter
+            from workbench.frames import as_comparisons
+
+            return as_comparisons(data), None
+        except (ImportError, TypeError):
+            pass
+    raise TypeError(
+        "expected a workbench Version (with .to_polars()), a polars or a pandas DataFrame, "
+        f"got {type(data).__name__}"
+    )
+
+
+def _require_columns(frame: pl.DataFrame, columns) -> None:
+    missing = [c for c in columns if c is not None and c not in frame.columns]
+    if missing:
+        raise ValueError(f"missing column(s) {missing}; the table has {frame.columns}")
+
+
+def _first_bad(frame: pl.DataFrame, mask: pl.Series, column: str) -> str:
+    idx = int(mask.arg_true()[0])
+    return f"row {idx} ({column}={frame[column][idx]!r}), {int(mask.sum())} bad row(s) in all"
+
+
+def item_codes(frame: pl.DataFrame, item_a: str, item_b: str, items=None):
+    """Integer codes of both item columns and the sorted item labels."""
+    a, b = frame[item_a], frame[item_b]
+    for name, col in ((item_a, a), (item_b, b)):
+        if col.null_count():
+            raise ValueError(f"null item in column {name!r}: " + _first_bad(frame, col.is_null(), name))
+    numeric = a.dtype.is_numeric() and b.dtype.is_numeric()
+    if not numeric:
+        a, b = a.cast(pl.String), b.cast(pl.String)
+    given_items = items is not None
+    if numeric and not given_items and a.dtype.is_integer() and b.dtype.is_integer():
+        items = None  # decided below
+    elif items is None:
+        items = pl.concat([a, b]).unique().sort()
+    else:
+        items = pl.Series("item", items)
+        if not numeric:
+            items = items.cast(pl.String)
+    if numeric:
+        va, vb = a.to_numpy(), b.to_numpy()
+        if not given_items and va.dtype.kind in "iu" and vb.dtype.kind in "iu":
+            lo_v = min(int(va.min()), int(vb.min()))
+            hi_v = max(int(va.max()), int(vb.max()))
+            if lo_v >= 0 and hi_v < max(4 * (len(va) + len(vb)), 1 << 20):
+                # integer ids: a presence table instead of a sort, O(n + max id)
+                present = np.zeros(hi_v + 1, dtype=bool)
+                present[va] = True
+                present[vb] = True
+                rank = np.cumsum(present) - 1
+                keys = np.flatnonzero(present)
+                return (rank[va].astype(np.int64), rank[vb].astype(np.int64),
+                        pl.Series("item", keys.astype(va.dtype)))
+        if items is None:
+            items = pl.concat([a, b]).unique().sort()
+        keys = items.to_numpy()
+        out = []
+        for name, col in ((item_a, a), (item_b, b)):
+            v = col.to_numpy()
+            pos = np.searchsorted(keys, v)
+            pos = np.clip(pos, 0, len(keys) - 1)
+            bad = keys[pos] != v
+            if bad.any():
+                unknown = sorted(set(v[bad].tolist()))[:10]
+                raise ValueError(f"unknown item(s) in {name!r}: {unknown}")
+            out.append(pos.astype(np.int64))
+        return out[0], out[1], items
+    enum = pl.Enum(items.to_list())
+    out = []
+    for name, col in ((item_a, a), (item_b, b)):
+        try:
+            out.append(col.cast(enum).to_physical().to_numpy().astype(np.int64))
+        except Exception:
+            unknown = sorted(set(col.to_list()) - set(items.to_list()))[:10]
+            raise ValueError(f"unknown item(s) in {name!r}: {unknown}") from None
+    return out[0], out[1], items
+
+
+def outcome_codes(frame: pl.DataFrame, label: str) -> np.ndarray:
+    col = frame[label]
+    if col.dtype != pl.String:
+        col = col.cast(pl.String)
+    try:
+        codes = col.cast(pl.Enum(list(LABELS)))
+        ok = codes.null_count() == 0
+    except Exception:  # a value outside the labels
+        ok = False
+    if not ok:
+        bad = col.is_null() | ~col.is_in(list(LABELS))
+        raise ValueError(
+            f"labels must be one of {LABELS}; bad value at " + _first_bad(frame, bad, label)
+        )
+    return codes.to_physical().to_numpy().astype(np.int64)
+
+
+def position_codes(frame: pl.DataFrame, shown_left: str) -> np.ndarray:
+    """+1 when response a was shown on the left, -1 when b was, 0 when unknown."""
+    col = frame[shown_left].cast(pl.String)
+    bad = col.is_not_null() & ~col.is_in(["a", "b"])
+    if bad.any():
+        raise ValueError("shown_left must be 'a', 'b' or null; bad value at "
+                         + _first_bad(frame, bad, shown_left))
+    return (col == "a").cast(pl.Int8).fill_null(0).to_numpy().astype(np.int64) - (
+        (col == "b").cast(pl.Int8).fill_null(0).to_numpy().astype(np.int64)
+    )
+
+
+@dataclass
+class PairCounts:
+    """Aggregated comparisons: one row per distinct (first, second, side, annotator, covariates)."""
+
+    items: pl.Series
+    first: np.ndarray
+    second: np.ndarray
+    wins: np.ndarray  # first item preferred
+    losses: np.ndarray  # second item preferred
+    ties: np.ndarray
+    both_bad: np.ndarray
+    position: np.ndarray | None = None  # +1 first shown left, -1 second shown left, 0 unknown
+    covariates: np.ndarray | None = None  # (R, p): covariate of first minus second
+    annotator: np.ndarray | None = None
+    annotators: pl.Series | None = None
+    covariate_names: list = field(default_factory=list)
+    n_comparisons: int = 0
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.first)
+
+    @property
+    def n_annotators(self) -> int:
+        return 0 if self.annotators is None else len(self.annotators)
+
+    def design(self) -> np.ndarray | None:
+        """Dense predictor columns besides the items: [position] + covariates, shape (R, q)."""
+        cols = []
+        if self.position is not None:
+            cols.append(self.position[:, None].astype(float))
+        if self.covariates is not None:
+            cols.append(self.covariates)
+        return np.hstack(cols) if cols else None
+
+    def item_table(self) -> pl.DataFrame:
+        """Per-item counts: comparisons, wins, losses, ties, both_bad."""
+        K = self.n_items
+        n = self.wins + self.losses + self.ties + self.both_bad
+
+        def both(x_first, x_second):
+            return np.bincount(self.first, x_first, K) + np.bincount(self.second, x_second, K)
+
+        return pl.DataFrame({
+            "item": self.items,
+            "comparisons": both(n, n).astype(np.int64),
+            "wins": both(self.wins, self.losses).astype(np.int64),
+            "losses": both(self.losses, self.wins).astype(np.int64),
+            "ties": both(self.ties, self.ties).astype(np.int64),
+            "both_bad": both(self.both_bad, self.both_bad).astype(np.int64),
+        })
+
+
+def aggregate(
+    data,
+    item_a: str = "model_a",
+    item_b: str = "model_b",
+    label: str = "label",
+    *,
+    shown_left: str | None = None,
+    annotator: str | None = None,
+    covariates: list[str] | None = None,
+    items=None,
+    annotators=None,
+) -> tuple[PairCounts, str | None]:
+    """Reduce a comparisons table to :class:`PairCounts` (and return the version hash)."""
+    frame, version_hash = as_frame(data)
+    covariates = list(covariates or [])
+    _require_columns(frame, [item_a, item_b, label, shown_left, annotator, *covariates])
+    if frame.height == 0:
+        raise ValueError("the comparisons table is empty")
+    ia, ib, item_labels = item_codes(frame, item_a, item_b, items)
+    same = ia == ib
+    if same.any():
+        idx = int(np.flatnonzero(same)[0])
+        raise ValueError(f"an item compared with itself at row {idx} "
+                         f"({item_a}={frame[item_a][idx]!r}); {int(same.sum())} such row(s)")
+    outcome = outcome_codes(frame, label)
+    K = len(item_labels)
+    swap = ia > ib
+    first = np.where(swap, ib, ia)
+    second = np.where(swap, ia, ib)
+    # swapping exchanges "a" and "b"
+    outcome = np.where(swap & (outcome < 2), 1 - outcome, outcome)
+    sign = np.where(swap, -1, 1)
+
+    key_parts = []  # (values, cardinality)
+    pos = None
+    if shown_left is not None:
+        pos = position_codes(frame, shown_left) * sign
+        key_parts.append((pos + 1, 3))
+    ann = None
+    ann_labels = None
+    if annotator is not None:
+        col = frame[annotator].cast(pl.String).fill_null(UNKNOWN_ANNOTATOR)
+        ann_labels = col.unique().sort() if annotators is None else pl.Series(annotators).cast(pl.String)
+        try:
+            ann = col.cast(pl.Enum(ann_labels.to_list())).to_physical().to_numpy().astype(np.int64)
+        except Exception:
+            # annotators unseen at fit time get the code -1 (prior reliability)
+            lookup = {v: i for i, v in enumerate(ann_labels.to_list())}
+            ann = np.array([lookup.get(v, -1) for v in col.to_list()], dtype=np.int64)
+        key_parts.append((ann + 1, len(ann_labels) + 1))
+    cov = None
+    if covariates:
+        cov_frame = frame.select(covariates)
+        for c in covariates:
+            if not cov_frame[c].dtype.is_numeric() and cov_frame[c].dtype != pl.Boolean:
+                raise ValueError(f"covariate {c!r} must be numeric, got {cov_frame[c].dtype}")
+        cov = cov_frame.cast(pl.Float64).to_numpy()
+        if not np.isfinite(cov).all():
+            bad = ~np.isfinite(cov).all(axis=1)
+            raise ValueError(f"covariates must be finite numbers; row {int(np.flatnonzero(bad)[0])} "
+                             f"is not ({int(bad.sum())} bad row(s))")
+        cov = cov * sign[:, None]
+
+    key = first * K + second
+    card = K * K
+    for values, c in key_parts:
+        key = key * c + values
+        card *= c
+    if card >= 2**62:
+        raise ValueError("too many distinct keys to aggregate")
+    if cov is None:
+        if card * 4 <= max(16 * len(key), 1 << 22):
+            counts = np.bincount(key * 4 + outcome, minlength=card * 4).reshape(card, 4)
+            rows = np.flatnonzero(counts.any(axis=1))
+            counts = counts[rows]
+            ukey = rows
+            inverse_first = None
+        else:
+            ukey, inv = np.unique(key, return_inverse=True)
+            counts = np.bincount(inv * 4 + outcome, minlength=len(ukey) * 4).reshape(-1, 4)
+            inverse_first = None
+        # decode keys back to components
+        rest = ukey
+        decoded = []
+        for values, c in reversed(key_parts):
+            decoded.append(rest % c)
+            rest = rest // c
+        decoded.reverse()
+        r_first, r_second = rest // K, rest % K
+        r_pos = decoded[0] - 1 if pos is not None else None
+        r_ann = decoded[-1] - 1 if ann is not None else None
+        r_cov = None
+        del inverse_first
+    else:
+        cols = {"key": key, "outcome": outcome}
+        for t in range(cov.shape[1]):
+            cols[f"c{t}"] = cov[:, t]
+        g = (
+            pl.DataFrame(cols)
+            .group_by(["key"] + [f"c{t}" for t in range(cov.shape[1])])
+            .agg([(pl.col("outcome") == o).sum().alias(f"n{o}") for o in range(4)])
+        )
+        counts = g.select([f"n{o}" for o in range(4)]).to_numpy()
+        ukey = g["key"].to_numpy()
+        r_cov = g.select([f"c{t}" for t in range(cov.shape[1])]).to_numpy()
+        rest = ukey
+        decoded = []
+        for values, c in reversed(key_parts):
+            decoded.append(rest % c)
+            rest = rest // c
+        decoded.reverse()
+        r_first, r_second = rest // K, rest % K
+        r_pos = decoded[0] - 1 if pos is not None else None
+        r_ann = decoded[-1] - 1 if ann is not None else None
+    counts = counts.astype(np.float64)
+    return (
+        PairCounts(
+            items=item_labels.alias("item"),
+            first=r_first.astype(np.int64),
+            second=r_second.astype(np.int64),
+            wins=counts[:, 0].copy(),
+            losses=counts[:, 1].copy(),
+            ties=counts[:, 2].copy(),
+            both_bad=counts[:, 3].copy(),
+            position=None if r_pos is None else r_pos.astype(np.float64),
+            covariates=r_cov,
+            annotator=None if r_ann is None else r_ann.astype(np.int64),
+            annotators=None if ann_labels is None else ann_labels.alias("annotator"),
+            covariate_names=covariates,
+            n_comparisons=int(frame.height),
+        ),
+        version_hash,
+    )
+
+
+def _describe(items: pl.Series, idx, limit: int = 8) -> str:
+    names = [str(items[int(i)]) for i in idx[:limit]]
+    more = f" and {len(idx) - limit} more" if len(idx) > limit else ""
+    return ", ".join(names) + more
+
+
+def check_identifiable(pairs: PairCounts, ties_inform: bool) -> None:
+    """Raise :class:`NoFiniteMLEError` when the maximum-likelihood scores are not finite.
+
+    Finite Bradley-Terry scores exist iff the directed graph "i beat (or tied) j" is strongly
+    connected (Ford 1957; Hunter 2004, assumption 1).  The message names the components and the
+    items that never lose or never win.
+    """
+    K = pairs.n_items
+    n = pairs.wins + pairs.losses + pairs.ties + pairs.both_bad
+    used = n > 0
+    f, s = pairs.first[used], pairs.second[used]
+    tie_w = (pairs.ties + pairs.both_bad) if ties_inform else np.zeros_like(pairs.ties)
+    beats_fs = (pairs.wins + tie_w)[used] > 0
+    beats_sf = (pairs.losses + tie_w)[used] > 0
+    src = np.concatenate([f[beats_fs], s[beats_sf]])
+    dst = np.concatenate([s[beats_fs], f[beats_sf]])
+    directed = coo_matrix((np.ones(len(src)), (src, dst)), shape=(K, K)).tocsr()
+    n_strong, strong = connected_components(directed, directed=True, connection="strong")
+    if n_strong == 1:
+        return
+    und = coo_matrix((np.ones(len(f)), (f, s)), shape=(K, K)).tocsr()
+    n_weak, weak = connected_components(und, directed=False)
+    if n_weak > 1:
+        sizes = np.bincount(weak)
+        order = np.argsort(-sizes)
+        parts = []
+        for c in order[:5]:
+            members = np.flatnonzero(weak == c)
+            parts.append(f"[{_describe(pairs.items, members, 5)}] ({len(members)} items)")
+        more = f" and {n_weak - 5} more" if n_weak > 5 else ""
+        raise NoFiniteMLEError(
+            f"the comparison graph is disconnected: {n_weak} components: "
+            + "; ".join(parts) + more
+            + ". Scores of different components are not comparable; pass l2=... (a Gaussian prior) "
+            "to fit anyway, or fit each component separately."
+        )
+    if n_strong > 1:
+        out_deg = np.bincount(dst, minlength=K)  # times an item was beaten
+        in_deg = np.bincount(src, minlength=K)
+        never_lose = np.flatnonzero(out_deg == 0)
+        never_win = np.flatnonzero(in_deg == 0)
+        msg = (f"no finite maximum-likelihood scores: the win graph has {n_strong} strongly "
+               f"connected components (some items are better than all they met, without a loss "
+               f"to link them back)")
+        if len(never_lose):
+            msg += f"; items that never lose: {_describe(pairs.items, never_lose)}"
+        if len(never_win):
+            msg += f"; items that never win: {_describe(pairs.items, never_win)}"
+        if not len(never_lose) and not len(never_win):
+            sizes = np.bincount(strong)
+            small = np.argsort(sizes)[:3]
+            msg += "; smallest components: " + "; ".join(
+                f"[{_describe(pairs.items, np.flatnonzero(strong == c), 5)}]" for c in small)
+        msg += ". Pass l2=... (a Gaussian prior on the scores) to fit anyway."
+        raise NoFiniteMLEError(msg)

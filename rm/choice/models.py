@@ -1,0 +1,774 @@
+"""Pairwise discrete-choice estimators: Bradley-Terry and its relatives.
+
+One estimator class, :class:`BradleyTerry`, covers the family; the named subclasses only change
+defaults:
+
+=========================  =====================================================================
+class                      model
+=========================  =====================================================================
+``BradleyTerry``           ``P(i > j) = F(s_i - s_j)`` with ``F`` logistic (``link="logit"``)
+``Thurstone``              the same with ``F = Phi`` (``link="probit"``, Thurstone case V)
+``Davidson``               ``ties="davidson"``: a fitted tie rate ``nu`` (Davidson 1970)
+``RaoKupper``              ``ties="rao-kupper"``: a fitted threshold ``eta`` (Rao & Kupper 1967;
+                           with ``link="probit"`` it is Glenn & David 1960)
+``AnnotatorBradleyTerry``  ``annotator_reliability=True``: ``d = tau_k (s_i - s_j)`` with one
+                           reliability (inverse temperature) ``tau_k`` per annotator, prior
+                           ``N(1, 1/annotator_l2)``; ``tau`` near 0 is a careless annotator,
+                           below 0 an adversarial one
+=========================  =====================================================================
+
+Options that combine with all of them: ``position_effect=True`` adds ``gamma * side`` to the
+predictor (``side = +1`` when the first item was shown on the left, ``-1`` when on the right,
+``0`` unknown), so a left-side bias is estimated and kept out of the scores; ``covariates=[...]``
+adds ``beta . x`` for per-comparison columns holding "a minus b" features (contextual
+Bradley-Terry / arena style control; see :func:`style_features`); ``l2`` is a Gaussian prior
+``N(0, 1/l2)`` on the scores (MAP; needed when the data have no finite MLE); ``anchor`` pins
+one item's reported score to ``anchor_score``; the ``elo`` column is the score on the Elo scale
+(``elo_base + 400 / ln 10 * score`` for logit, ``elo_base + 200 sqrt 2 * score`` for probit).
+
+Labels are ``"a"``, ``"b"``, ``"tie"`` and ``"both_bad"``; ``both_bad="tie"`` counts "both bad"
+as a tie, ``"drop"`` ignores it and ``"separate"`` keeps it as its own outcome (with a tie model:
+``P(both bad) = pi * P(tie-like)``, ``pi`` fitted).
+
+Example::
+
+    model = Davidson(position_effect=True).fit(version, item_a="model_a", item_b="model_b")
+    model.scores_            # polars: item, score, std_error, ci_low, ci_high, elo, ...
+    model.predict_proba("gpt-4", "llama-2-70b")   # [P(win), P(tie), P(loss)]
+    model.bootstrap(200, seed=0).scores_          # adds bootstrap CIs
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import scipy.linalg as sla
+from scipy.stats import norm
+
+from . import solvers
+from .bootstrap import poisson_counts
+from .data import NoFiniteMLEError, PairCounts, aggregate, check_identifiable
+from .outcomes import make_outcome
+
+FORMAT_VERSION = 1
+
+
+def _elo_factor(link: str) -> float:
+    return 400.0 / math.log(10.0) if link == "logit" else 200.0 * math.sqrt(2.0)
+
+
+class NotFittedError(RuntimeError):
+    pass
+
+
+class BradleyTerry:
+    """Pairwise comparison model on items (see the module docstring for the whole family).
+
+    Parameters
+    ----------
+    link : "logit" (Bradley-Terry) or "probit" (Thurstone).
+    ties : "half" (a tie is half a win each), "drop", "davidson" or "rao-kupper".
+    both_bad : "tie", "drop" or "separate".
+    position_effect : fit a left-side advantage from the ``shown_left`` column.
+    covariates : per-comparison numeric columns (first-minus-second features).
+    annotator_reliability : fit one reliability per annotator (``annotator_id`` column).
+    l2 : Gaussian prior precision on the scores (0 = maximum likelihood).
+    annotator_l2 : prior precision of the reliabilities around 1.
+    anchor, anchor_score : report scores relative to this item, which gets ``anchor_score``.
+    elo_base : Elo of a score of 0 (of the anchor when one is given).
+    confidence : level of the Wald intervals ``ci_low``/``ci_high``.
+    solver : "auto", "dense" (Newton, dense Hessian) or "sparse" (Newton-CG, sparse Hessian).
+    dense_limit : "auto" uses the dense solver up to this many items.
+    """
+
+    def __init__(self, link: str = "logit", ties: str = "half", both_bad: str = "tie",
+                 position_effect: bool = False, covariates=None,
+                 annotator_reliability: bool = False, l2: float = 0.0, annotator_l2: float = 1.0,
+                 anchor=None, anchor_score: float = 0.0, elo_base: float = 1000.0,
+                 confidence: float = 0.95, solver: str = "auto", dense_limit: int = 4000,
+                 tol: float = 1e-12, max_iter: int = 200):
+        self.link = link
+        self.ties = ties
+        self.both_bad = both_bad
+        self.position_effect = position_effect
+        self.covariates = covariates
+        self.annotator_reliability = annotator_reliability
+        self.l2 = l2
+        self.annotator_l2 = annotator_l2
+        self.anchor = anchor
+        self.anchor_score = anchor_score
+        self.elo_base = elo_base
+        self.confidence = confidence
+        self.solver = solver
+        self.dense_limit = dense_limit
+        self.tol = tol
+        self.max_iter = max_iter
+
+    # --------------------------------------------------------------- sklearn plumbing
+    @classmethod
+    def _param_names(cls):
+        sig = inspect.signature(BradleyTerry.__init__)
+        return [p for p in sig.parameters if p != "self"]
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {k: getattr(self, k) for k in self._param_names()}
+
+    def set_params(self, **params):
+        for k, v in params.items():
+            if k not in self._param_names():
+                raise ValueError(f"unknown parameter {k!r} for {type(self).__name__}")
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self):
+        defaults = BradleyTerry().get_params() if type(self) is BradleyTerry else type(self)().get_params()
+        changed = {k: v for k, v in self.get_params().items() if defaults.get(k) != v}
+        return f"{type(self).__name__}(" + ", ".join(f"{k}={v!r}" for k, v in changed.items()) + ")"
+
+    def _check_params(self):
+        if self.link not in ("logit", "probit"):
+            raise ValueError(f"link must be 'logit' or 'probit', got {self.link!r}")
+        if self.ties not in ("half", "drop", "davidson", "rao-kupper"):
+            raise ValueError(f"ties must be 'half', 'drop', 'davidson' or 'rao-kupper', got {self.ties!r}")
+        if self.both_bad not in ("tie", "drop", "separate"):
+            raise ValueError(f"both_bad must be 'tie', 'drop' or 'separate', got {self.both_bad!r}")
+        if self.both_bad == "separate" and self.ties not in ("davidson", "rao-kupper"):
+            raise ValueError("both_bad='separate' needs a tie model: ties='davidson' or 'rao-kupper'")
+        if not (np.isfinite(self.l2) and self.l2 >= 0):
+            raise ValueError(f"l2 must be a finite number >= 0, got {self.l2!r}")
+        if not (np.isfinite(self.annotator_l2) and self.annotator_l2 > 0):
+            raise ValueError(f"annotator_l2 must be > 0, got {self.annotator_l2!r}")
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"confidence must be in (0, 1), got {self.confidence!r}")
+        if self.solver not in ("auto", "dense", "sparse"):
+            raise ValueError(f"solver must be 'auto', 'dense' or 'sparse', got {self.solver!r}")
+
+    # --------------------------------------------------------------- data
+    def _counts(self, pairs: PairCounts, wins=None, losses=None, ties=None, both_bad=None):
+        w = pairs.wins if wins is None else wins
+        lo = pairs.losses if losses is None else losses
+        t = pairs.ties if ties is None else ties
+        b = pairs.both_bad if both_bad is None else both_bad
+        if self.both_bad == "drop" or (np.ndim(b) == 0 and b == 0):
+            return w, lo, t
+        if np.ndim(t) == 0 and t == 0:
+            return w, lo, b
+        return w, lo, t + b
+
+    def _aggregate(self, data, item_a, item_b, label, shown_left, annotator, fitted: bool):
+        return aggregate(
+            data, item_a, item_b, label,
+            shown_left=shown_left if self.position_effect else None,
+            annotator=annotator if self.annotator_reliability else None,
+            covariates=self.covariates,
+            items=self.items_ if fitted else None,
+            annotators=(self._annotator_labels
+                        if fitted and self.annotator_reliability else None),
+        )
+
+    # --------------------------------------------------------------- fit
+    def fit(self, data, item_a: str = "model_a", item_b: str = "model_b", label: str = "label",
+            shown_left: str = "shown_left", annotator: str = "annotator_id"):
+        """Fit on a workbench ``Version`` or a polars/pandas comparisons frame; returns self."""
+        self._check_params()
+        pairs, version_hash = self._aggregate(data, item_a, item_b, label, shown_left, annotator,
+                                              fitted=False)
+        counts = self._counts(pairs)
+        outcome = make_outcome(self.link, self.ties)
+        n_decisive = float(np.sum(counts[0]) + np.sum(counts[1]))
+        n_ties = float(np.sum(counts[2]))
+        if n_decisive == 0:
+            raise NoFiniteMLEError("every comparison is a tie (or dropped): the scores are not "
+                                   "identified")
+        if self.ties in ("davidson", "rao-kupper") and n_ties == 0:
+            raise NoFiniteMLEError(
+                f"no ties in the data: the {self.ties} tie parameter has no finite estimate; "
+                "use ties='half' or ties='drop'")
+        if self.position_effect and not np.any(pairs.position):
+            raise ValueError(f"position_effect=True but column {shown_left!r} is null in every "
+                             "comparison")
+        if pairs.covariates is not None:
+            zero = [c for c, col in zip(pairs.covariate_names, pairs.covariates.T) if not np.any(col)]
+            if zero:
+                raise ValueError(f"covariate(s) {zero} are zero in every comparison: their "
+                                 "coefficients are not identified; leave them out")
+        anchor_idx = None
+        if self.anchor is not None:
+            matches = np.flatnonzero(pairs.items.cast(pl.String) == str(self.anchor))
+            if not len(matches):
+                raise ValueError(f"anchor item {self.anchor!r} is not among the fitted items")
+            anchor_idx = int(matches[0])
+        if self.l2 == 0:
+            check_identifiable(pairs, ties_inform=self.ties != "drop")
+        reference = None if self.l2 > 0 else (anchor_idx if anchor_idx is not None else 0)
+        obj = solvers.Objective(
+            pairs.first, pairs.second, counts, outcome, K=pairs.n_items, Z=pairs.design(),
+            annotator=pairs.annotator, M=pairs.n_annotators, l2=self.l2,
+            annotator_l2=self.annotator_l2, reference=reference)
+        method = self.solver
+        if method == "auto":
+            method = "dense" if pairs.n_items <= self.dense_limit else "sparse"
+        phi0 = None
+        if obj.layout.M:
+            # start the reliabilities at 1 from the plain model's optimum
+            plain = solvers.Objective(pairs.first, pairs.second, counts, outcome,
+                                      K=pairs.n_items, Z=pairs.design(), l2=self.l2,
+                                      reference=reference)
+            run = solvers.newton_dense if method == "dense" else solvers.newton_cg
+            base = run(plain, tol=1e-8, max_iter=self.max_iter).phi
+            phi0 = obj.initial()
+            K, q = obj.layout.K, obj.layout.q
+            phi0[:K + q] = base[:K + q]
+            phi0[obj.layout.size - obj.layout.m:] = base[K + q:]
+        run = solvers.newton_dense if method == "dense" else solvers.newton_cg
+        result = run(obj, phi0, tol=self.tol, max_iter=self.max_iter)
+        if not result.converged:
+            warnings.warn(f"{type(self).__name__}: the solver stopped after {result.iterations} "
+                          "iterations without meeting the tolerance", RuntimeWarning, stacklevel=2)
+        self._obj = obj
+        self._pairs = pairs
+        self._outcome = outcome
+        self._method = method
+        self._anchor_idx = anchor_idx
+        self._reference = reference
+        self.params_ = result.phi
+        self.items_ = pairs.items.to_list()
+        self.n_items_ = pairs.n_items
+        self.n_comparisons_ = pairs.n_comparisons
+        self.n_pairs_ = pairs.n_rows
+        self.fitted_on_ = version_hash
+        self.n_iter_ = result.iterations
+        self.converged_ = result.converged
+        self.solver_ = result.method
+        tot_t = float(np.sum(pairs.ties))
+        tot_b = float(np.sum(pairs.both_bad))
+        self.both_bad_share_ = (tot_b / (tot_t + tot_b)) if self.both_bad == "separate" and tot_t + tot_b else None
+        self.log_likelihood_ = obj.loglik(result.phi) + self._split_loglik(tot_t, tot_b)
+        self.objective_ = result.value
+        self._finish(obj, result, pairs)
+        return self
+
+    def _split_loglik(self, t, b) -> float:
+        if self.both_bad != "separate" or t + b == 0:
+            return 0.0
+        pi = b / (t + b)
+        return (t * math.log1p(-pi) if t else 0.0) + (b * math.log(pi) if b else 0.0)
+
+    def _normalizer(self, K):
+        """Matrix-free map from solved scores to reported scores (centred or anchored)."""
+        if self._anchor_idx is not None:
+            a = self._anchor_idx
+            return lambda s: s - s[a] + self.anchor_score
+        if self._reference is not None:
+            return lambda s: s - np.mean(s, axis=0)
+        return lambda s: s
+
+    def _finish(self, obj, result, pairs):
+        K = obj.layout.K
+        ss, sb, st, se = obj.layout.slices()
+        phi = result.phi
+        normalize = self._normalizer(K)
+        scores = normalize(phi[ss])
+        free = obj.free_mask()
+        z = norm.ppf(0.5 + self.confidence / 2.0)
+        cov = None
+        if self._method == "dense":
+            try:
+                factor = result.factor
+                if factor is None:
+                    H = obj.assemble_dense(obj.derivatives(phi, "none"), free)
+                    factor = solvers.cholesky(H)
+                cov = solvers.cho_inverse(factor)  # pinned coordinates get 1 on the diagonal
+                cov[~free, :] = 0.0
+                cov[:, ~free] = 0.0
+                self._factor = factor
+            except (np.linalg.LinAlgError, sla.LinAlgError):
+                warnings.warn("the Hessian at the optimum is singular: no standard errors",
+                              RuntimeWarning, stacklevel=3)
+                self._factor = None
+        else:
+            self._factor = None
+        if cov is not None:
+            Css = cov[ss, ss]
+            if self._anchor_idx is not None:
+                a = self._anchor_idx
+                var_s = np.diag(Css) + Css[a, a] - 2.0 * Css[:, a]
+            elif self._reference is not None:
+                mean_row = Css.mean(axis=1)
+                var_s = np.diag(Css) - 2.0 * mean_row + Css.mean()
+            else:
+                var_s = np.diag(Css)
+            var_all = np.diag(cov)
+            self.std_error_method_ = "fisher"
+        else:
+            # large problems: conditional standard errors 1/sqrt(H_ii) (a lower bound)
+            pieces = getattr(result, "pieces", None) or obj.derivatives(phi, "sparse")
+            var_s = 1.0 / pieces["diag_s"]
+            E = pieces["extra"].shape[0]
+            var_all = np.zeros(obj.layout.size)
+            var_all[:K] = var_s
+            if E:
+                var_all[K:] = np.diag(np.linalg.pinv(pieces["extra"]))
+            self.std_error_method_ = "conditional"
+        self.covariance_ = cov
+        se_s = np.sqrt(np.maximum(var_s, 0.0))
+        factor = _elo_factor(self.link)
+        table = pairs.item_table().with_columns(
+            pl.Series("score", scores),
+            pl.Series("std_error", se_s),
+            pl.Series("ci_low", scores - z * se_s),
+            pl.Series("ci_high", scores + z * se_s),
+            pl.Series("elo", self.elo_base + factor * (scores - (self.anchor_score if self._anchor_idx is not None else 0.0))),
+            pl.Series("elo_std_error", factor * se_s),
+        )
+        table = table.sort("score", descending=True).with_columns(
+            pl.int_range(1, pl.len() + 1).alias("rank"))
+        self.scores_ = table.select(["rank", "item", "score", "std_error", "ci_low", "ci_high", "elo",
+                                     "elo_std_error", "comparisons", "wins", "losses", "ties",
+                                     "both_bad"])
+        se_all = np.sqrt(np.maximum(var_all, 0.0))
+        # extra parameters
+        names, values, errs = [], [], []
+        col = 0
+        if self.position_effect:
+            names.append("position_left")
+            col += 1
+        names += list(self.covariates or [])
+        for i, name in enumerate(names):
+            values.append(phi[sb][i])
+            errs.append(se_all[sb][i])
+        self.coef_ = pl.DataFrame({"name": names, "coef": np.array(values, dtype=float),
+                                   "std_error": np.array(errs, dtype=float)})
+        self.position_effect_ = float(phi[sb][0]) if self.position_effect else None
+        self._annotator_labels = pairs.annotators.to_list() if obj.layout.M else None
+        if obj.layout.M:
+            ann_counts = np.bincount(pairs.annotator, pairs.wins + pairs.losses + pairs.ties + pairs.both_bad,
+                                     obj.layout.M)
+            tau = phi[st]
+            tse = se_all[st]
+            self.annotators_ = pl.DataFrame({
+                "annotator": pairs.annotators,
+                "reliability": tau,
+                "std_error": tse,
+                "ci_low": tau - z * tse,
+                "ci_high": tau + z * tse,
+                "comparisons": ann_counts.astype(np.int64),
+            }).sort("reliability")
+        else:
+            self.annotators_ = None
+        self.tie_params_ = None
+        if obj.layout.m:
+            eta = float(phi[se][0])
+            eta_se = float(se_all[se][0])
+            if self.ties == "davidson":
+                self.tie_params_ = {"alpha": eta, "alpha_std_error": eta_se, "nu": math.exp(eta)}
+            else:
+                self.tie_params_ = {"eta": eta, "eta_std_error": eta_se, "theta": math.exp(eta)}
+            if self.both_bad_share_ is not None:
+                self.tie_params_["both_bad_share"] = self.both_bad_share_
+
+    # --------------------------------------------------------------- prediction
+    def _check_fitted(self):
+        if not hasattr(self, "params_"):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit() first")
+
+    def _layout(self):
+        K = len(self.items_)
+        q = (1 if self.position_effect else 0) + len(self.covariates or [])
+        M = 0 if self.annotators_ is None else len(self._annotator_order)
+        m = make_outcome(self.link, self.ties).n_params
+        return solvers.Layout(K, q, M, m)
+
+    def _predict_d(self, first, second, position=None, covariates=None, annotator=None):
+        lay = self._layout()
+        ss, sb, st, se = lay.slices()
+        phi = self.params_
+        s = phi[ss]
+        u = s[first] - s[second]
+        beta = phi[sb]
+        col = 0
+        if self.position_effect:
+            if position is not None:
+                u = u + beta[0] * position
+            col = 1
+        if self.covariates:
+            if covariates is None:
+                raise ValueError(f"this model has covariates {self.covariates}: pass their values")
+            u = u + np.asarray(covariates, dtype=float) @ beta[col:]
+        if lay.M and annotator is not None:
+            tau = np.append(phi[st], 1.0)  # unseen annotators (-1) get the prior mean 1
+            return tau[annotator] * u
+        return u
+
+    def _item_index(self, values):
+        lookup = self._item_lookup()
+        out = []
+        for v in values:
+            key = v if v in lookup else str(v)
+            if key not in lookup:
+                raise ValueError(f"unknown item {v!r}; the model knows {len(lookup)} items")
+            out.append(lookup[key])
+        return np.array(out, dtype=np.int64)
+
+    def _item_lookup(self):
+        if getattr(self, "_lookup", None) is None or len(self._lookup) != len(self.items_):
+            self._lookup = {v: i for i, v in enumerate(self.items_)}
+            self._lookup.update({str(v): i for i, v in enumerate(self.items_)})
+        return self._lookup
+
+    def predict_proba(self, a, b, shown_left=None, covariates=None):
+        """``[P(a preferred), P(tie), P(b preferred)]`` (and ``P(both bad)`` with
+        ``both_bad="separate"``), one row per pair; a single pair gives a 1-d array.
+
+        ``shown_left`` ("a"/"b", scalar or array) applies the position effect; without it a
+        position model averages over both display orders.
+        """
+        self._check_fitted()
+        scalar = np.ndim(a) == 0 and np.ndim(b) == 0
+        a_idx = self._item_index(np.atleast_1d(np.asarray(a, dtype=object)))
+        b_idx = self._item_index(np.atleast_1d(np.asarray(b, dtype=object)))
+        a_idx, b_idx = np.broadcast_arrays(a_idx, b_idx)
+        outcome = make_outcome(self.link, self.ties)
+        _, _, _, se = self._layout().slices()
+        eta = self.params_[se]
+        cov = None if covariates is None else np.atleast_2d(np.asarray(covariates, dtype=float))
+        if self.position_effect and shown_left is None:
+            probs = []
+            for side in (1.0, -1.0):
+                d = self._predict_d(a_idx, b_idx, np.full(len(a_idx), side), cov)
+                probs.append(np.column_stack(outcome.probabilities(d, eta)))
+            p = 0.5 * (probs[0] + probs[1])
+        else:
+            pos = None
+            if shown_left is not None:
+                sl = np.atleast_1d(np.asarray(shown_left, dtype=object))
+                pos = np.where(sl == "a", 1.0, np.where(sl == "b", -1.0, 0.0))
+            d = self._predict_d(a_idx, b_idx, pos, cov)
+            p = np.column_stack(outcome.probabilities(d, eta))
+        if self.both_bad == "separate":
+            pi = self.both_bad_share_ or 0.0
+            p = np.column_stack([p[:, 0], p[:, 1] * (1 - pi), p[:, 2], p[:, 1] * pi])
+        return p[0] if scalar else p
+
+    def predict_comparisons(self, data, item_a: str = "model_a", item_b: str = "model_b",
+                            shown_left: str = "shown_left", annotator: str = "annotator_id"
+                            ) -> pl.DataFrame:
+        """Outcome probabilities for every row of a comparisons table, in row order:
+        ``p_a, p_tie, p_b`` (and ``p_both_bad`` with ``both_bad="separate"``), using the rows'
+        display side, annotator (unseen ones get reliability 1) and covariates."""
+        from .data import as_frame, item_codes, position_codes
+
+        self._check_fitted()
+        frame, _ = as_frame(data)
+        first, second, _ = item_codes(frame, item_a, item_b, self.items_)
+        pos = None
+        if self.position_effect and shown_left in frame.columns:
+            pos = position_codes(frame, shown_left).astype(float)
+        cov = None
+        if self.covariates:
+            cov = frame.select(self.covariates).cast(pl.Float64).to_numpy()
+        ann = None
+        if self.annotator_reliability and annotator in frame.columns:
+            lookup = {v: i for i, v in enumerate(self._annotator_labels)}
+            ann = np.array([lookup.get(v, -1) for v in
+                            frame[annotator].cast(pl.String).fill_null("(unknown)").to_list()],
+                           dtype=np.int64)
+        outcome = make_outcome(self.link, self.ties)
+        _, _, _, se = self._layout().slices()
+        eta = self.params_[se]
+        if self.position_effect and pos is None:
+            p = 0.5 * sum(np.column_stack(outcome.probabilities(
+                self._predict_d(first, second, np.full(len(first), side), cov, ann), eta))
+                for side in (1.0, -1.0))
+        else:
+            p = np.column_stack(outcome.probabilities(
+                self._predict_d(first, second, pos, cov, ann), eta))
+        out = {"p_a": p[:, 0], "p_tie": p[:, 1], "p_b": p[:, 2]}
+        if self.both_bad == "separate":
+            pi = self.both_bad_share_ or 0.0
+            out["p_both_bad"] = p[:, 1] * pi
+            out["p_tie"] = p[:, 1] * (1 - pi)
+        return pl.DataFrame(out)
+
+    def log_likelihood(self, data, item_a: str = "model_a", item_b: str = "model_b",
+                       label: str = "label", shown_left: str = "shown_left",
+                       annotator: str = "annotator_id") -> float:
+        """Log-likelihood of (held-out) comparisons under the fitted parameters."""
+        self._check_fitted()
+        pairs, _ = self._aggregate(data, item_a, item_b, label, shown_left, annotator, fitted=True)
+        counts = self._counts(pairs)
+        _, _, _, se = self._layout().slices()
+        d = self._predict_d(pairs.first, pairs.second, pairs.position, pairs.covariates,
+                            pairs.annotator)
+        ll = float(np.sum(make_outcome(self.link, self.ties).loglik(d, self.params_[se], counts)))
+        if self.both_bad == "separate":
+            pi = self.both_bad_share_ or 0.0
+            t, b = float(np.sum(pairs.ties)), float(np.sum(pairs.both_bad))
+            ll += (t * math.log1p(-pi) if t else 0.0) + (b * math.log(pi) if b else -0.0)
+        return ll
+
+    def score(self, data, **columns) -> float:
+        """Mean log-likelihood per comparison (higher is better)."""
+        frame_len = self._n_rows(data)
+        return self.log_likelihood(data, **columns) / max(frame_len, 1)
+
+    @staticmethod
+    def _n_rows(data):
+        from .data import as_frame
+
+        return as_frame(data)[0].height
+
+    @property
+    def _annotator_order(self):
+        return self._annotator_labels
+
+    # --------------------------------------------------------------- bootstrap
+    def bootstrap(self, n_rounds: int = 100, seed=None, *, method: str = "exact",
+                  tol: float = 1e-7, max_cells: int = 10_000_000):
+        """Poisson-bootstrap all rounds at once; adds ``bootstrap_*`` columns to ``scores_``.
+
+        Each round reweights the aggregated cell counts (exact Poisson draws).  ``method=
+        "exact"`` solves every round to ``max |step| < tol`` by chord-Newton steps with Anderson
+        acceleration from the full-data optimum (full-data Hessian), all rounds in one batch of
+        sparse matrix products; ``"one-step"`` takes a single Newton step per round (the
+        estimating-function bootstrap, error second order in the sampling noise, no exp per
+        round).  Rounds whose resample has no finite optimum are dropped (``bootstrap_failed_``).
+        """
+        if method not in ("exact", "one-step"):
+            raise ValueError(f"method must be 'exact' or 'one-step', got {method!r}")
+        self._check_fitted()
+        if not hasattr(self, "_obj"):
+            raise NotFittedError("bootstrap needs the training data: refit after load()")
+        if n_rounds < 2:
+            raise ValueError("n_rounds must be at least 2")
+        rng = np.random.default_rng(seed)
+        obj, pairs = self._obj, self._pairs
+        free = obj.free_mask()
+        if self._method == "dense" and self._factor is not None:
+            factor = self._factor
+
+            def solve(G):
+                out = solvers.cho_solve(factor, np.where(free[:, None], G, 0.0))
+                out[~free] = 0.0
+                return out
+        else:
+            pattern = solvers.laplacian_pattern(obj.first, obj.second, obj.layout.K)
+            H = solvers.SparseHessian(obj, pattern, obj.derivatives(self.params_, "sparse"))
+
+            def solve(G):
+                return solvers.pcg(H, G, free, rtol=1e-10)[0]
+
+        R = pairs.n_rows
+        chunk = max(1, min(n_rounds, max_cells // max(R, 1)))
+        normalize = self._normalizer(obj.layout.K)
+        ss, _, _, _ = obj.layout.slices()
+        samples, ok_all = [], []
+        done = 0
+        while done < n_rounds:
+            B = min(chunk, n_rounds - done)
+            w = poisson_counts(pairs.wins, B, rng)
+            lo = poisson_counts(pairs.losses, B, rng)
+            t = poisson_counts(pairs.ties, B, rng) if pairs.ties.any() else 0.0
+            bb = poisson_counts(pairs.both_bad, B, rng) if pairs.both_bad.any() else 0.0
+            counts = self._counts(pairs, w, lo, t, bb)
+            if method == "exact":
+                phi, ok = solvers.chord_batch(obj, self.params_, counts, solve, tol=tol)
+            else:
+                phi, ok = solvers.one_step_batch(obj, self.params_, counts, solve)
+            samples.append(normalize(phi[ss]).T)
+            ok_all.append(ok)
+            done += B
+        samples = np.vstack(samples)
+        ok = np.concatenate(ok_all)
+        self.bootstrap_failed_ = int((~ok).sum())
+        if self.bootstrap_failed_:
+            warnings.warn(f"{self.bootstrap_failed_} of {n_rounds} bootstrap rounds had no finite "
+                          "optimum (a resample disconnected the graph) and were dropped; "
+                          "consider l2=...", RuntimeWarning, stacklevel=2)
+        good = samples[ok]
+        if len(good) < 2:
+            raise NoFiniteMLEError("fewer than 2 bootstrap rounds converged")
+        self.bootstrap_samples_ = good
+        self.bootstrap_method_ = method
+        alpha = (1 - self.confidence) / 2
+        lo_q, hi_q = np.quantile(good, [alpha, 1 - alpha], axis=0)
+        boot = pl.DataFrame({
+            "item": pl.Series(self.items_).cast(self.scores_["item"].dtype),
+            "bootstrap_std_error": good.std(axis=0, ddof=1),
+            "bootstrap_ci_low": lo_q,
+            "bootstrap_ci_high": hi_q,
+        })
+        base = self.scores_.drop([c for c in boot.columns if c != "item" and c in self.scores_.columns])
+        self.scores_ = base.join(boot, on="item", how="left", maintain_order="left")
+        return self
+
+    # --------------------------------------------------------------- persistence
+    def save(self, path) -> Path:
+        """Write the fitted model to one ``.npz`` file (atomic: all or nothing)."""
+        self._check_fitted()
+        path = Path(path)
+        buf = io.BytesIO()
+        self.scores_.write_ipc(buf)
+        meta = {
+            "format": FORMAT_VERSION,
+            "class": type(self).__name__,
+            "params": self.get_params(),
+            "items": [str(x) for x in self.items_],
+            "items_numeric": not isinstance(self.items_[0], str),
+            "fitted_on": self.fitted_on_,
+            "log_likelihood": self.log_likelihood_,
+            "objective": self.objective_,
+            "n_comparisons": self.n_comparisons_,
+            "n_iter": self.n_iter_,
+            "solver": self.solver_,
+            "std_error_method": self.std_error_method_,
+            "position_effect": self.position_effect_,
+            "tie_params": self.tie_params_,
+            "both_bad_share": self.both_bad_share_,
+            "anchor_idx": self._anchor_idx,
+            "reference": self._reference,
+            "method": self._method,
+        }
+        arrays = {"params": self.params_, "scores": np.frombuffer(buf.getvalue(), dtype=np.uint8),
+                  "meta": np.frombuffer(json.dumps(meta, default=_json_default).encode(), dtype=np.uint8)}
+        buf = io.BytesIO()
+        self.coef_.write_ipc(buf)
+        arrays["coef"] = np.frombuffer(buf.getvalue(), dtype=np.uint8)
+        if self.annotators_ is not None:
+            buf = io.BytesIO()
+            self.annotators_.write_ipc(buf)
+            arrays["annotators"] = np.frombuffer(buf.getvalue(), dtype=np.uint8)
+            arrays["annotator_order"] = np.frombuffer(
+                json.dumps(list(self._annotator_labels)).encode(), dtype=np.uint8)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path):
+        """Load a model written by :meth:`save` (returns the saved subclass)."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                files = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path} is not a saved choice model: {exc}") from None
+        if "meta" not in files or "params" not in files:
+            raise ValueError(f"{path} is not a saved choice model (no metadata)")
+        meta = json.loads(files["meta"].tobytes().decode())
+        if meta.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{path}: unsupported format {meta.get('format')!r}")
+        klass = MODEL_CLASSES.get(meta["class"])
+        if klass is None:
+            raise ValueError(f"{path}: unknown model class {meta['class']!r}")
+        model = klass.__new__(klass)
+        BradleyTerry.__init__(model, **meta["params"])
+        model.params_ = files["params"]
+        model.scores_ = pl.read_ipc(io.BytesIO(files["scores"].tobytes()))
+        model.coef_ = pl.read_ipc(io.BytesIO(files["coef"].tobytes()))
+        items = meta["items"]
+        if meta["items_numeric"]:
+            items = [int(x) if float(x).is_integer() else float(x) for x in items]
+        model.items_ = items
+        model.n_items_ = len(items)
+        model.fitted_on_ = meta["fitted_on"]
+        model.log_likelihood_ = meta["log_likelihood"]
+        model.objective_ = meta["objective"]
+        model.n_comparisons_ = meta["n_comparisons"]
+        model.n_iter_ = meta["n_iter"]
+        model.solver_ = meta["solver"]
+        model.std_error_method_ = meta["std_error_method"]
+        model.position_effect_ = meta["position_effect"]
+        model.tie_params_ = meta["tie_params"]
+        model.both_bad_share_ = meta["both_bad_share"]
+        model._anchor_idx = meta["anchor_idx"]
+        model._reference = meta["reference"]
+        model._method = meta["method"]
+        model.converged_ = True
+        if "annotators" in files:
+            model.annotators_ = pl.read_ipc(io.BytesIO(files["annotators"].tobytes()))
+            model._annotator_labels = json.loads(files["annotator_order"].tobytes().decode())
+        else:
+            model.annotators_ = None
+        return model
+
+
+def _json_default(x):
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    raise TypeError(f"cannot serialise {type(x).__name__}")
+
+
+class Thurstone(BradleyTerry):
+    """Thurstone case V: ``BradleyTerry(link="probit")``."""
+
+    def __init__(self, **params):
+        super().__init__(**{"link": "probit", **params})
+
+
+class Davidson(BradleyTerry):
+    """Bradley-Terry with Davidson (1970) ties: ``BradleyTerry(ties="davidson")``."""
+
+    def __init__(self, **params):
+        super().__init__(**{"ties": "davidson", **params})
+
+
+class RaoKupper(BradleyTerry):
+    """Bradley-Terry with Rao-Kupper (1967) threshold ties: ``BradleyTerry(ties="rao-kupper")``."""
+
+    def __init__(self, **params):
+        super().__init__(**{"ties": "rao-kupper", **params})
+
+
+class AnnotatorBradleyTerry(BradleyTerry):
+    """Bradley-Terry with a reliability per annotator: ``BradleyTerry(annotator_reliability=True)``."""
+
+    def __init__(self, **params):
+        super().__init__(**{"annotator_reliability": True, **params})
+
+
+MODEL_CLASSES = {c.__name__: c for c in (BradleyTerry, Thurstone, Davidson, RaoKupper,
+                                         AnnotatorBradleyTerry)}
+
+
+def style_features(data, response_a: str = "response_a", response_b: str = "response_b",
+                   prefix: str = "style_") -> pl.DataFrame:
+    """Add arena-style-control covariates: normalised differences ``(a - b) / (a + b)`` of the
+    response length (characters), markdown headers, list items and bold spans."""
+    from .data import as_frame
+
+    frame, _ = as_frame(data)
+    feats = {
+        "length": lambda c: c.str.len_chars(),
+        "headers": lambda c: c.str.count_matches(r"(?m)^#{1,6}\s"),
+        "lists": lambda c: c.str.count_matches(r"(?m)^\s*(?:[-*+]|\d+\.)\s"),
+        "bold": lambda c: c.str.count_matches(r"\*\*[^*\n]+\*\*|__[^_\n]+__"),
+    }
+    exprs = []
+    for name, fn in feats.items():
+        fa = fn(pl.col(response_a).fill_null("")).cast(pl.Float64)
+        fb = fn(pl.col(response_b).fill_null("")).cast(pl.Float64)
+        exprs.append(pl.when(fa + fb > 0).then((fa - fb) / (fa + fb)).otherwise(0.0)
+                     .alias(prefix + name))
+    return frame.with_columns(exprs)
