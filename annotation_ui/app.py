@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import html
-import os
 import secrets
 import tempfile
 from pathlib import Path
@@ -312,11 +311,6 @@ def _admin_view(service: AnnotationService, who: Callable[[gr.Request], Account]
 
 def build_app(store: Any, *, scorer: Callable[[pl.DataFrame], Any] | None = None, concurrency: int = 8) -> FastAPI:
     """The whole server: JSON API under ``/api``, the Gradio UI (login required) at ``/``."""
-    if store.dialect == "sqlite":
-        # The server holds sqlite3 connections for its whole life; a second SQLite library in the
-        # same process (the ADBC bulk path) breaks SQLite's POSIX locks and can remove the WAL
-        # under them (sqlite.org/howtocorrupt.html 2.2.1). Keep the server on one library.
-        os.environ.setdefault("WORKBENCH_NO_ADBC", "1")
     service = AnnotationService(store, scorer=scorer)
     app = FastAPI(title="Preference workbench annotation", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service

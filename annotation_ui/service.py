@@ -18,13 +18,18 @@ from typing import Any, Callable
 
 import polars as pl
 
+from typing import TYPE_CHECKING
+
 from workbench import assign, auth
 from workbench.auth import Account, AuthError
 
 from .render import conversation_to_safe_html, markdown_to_safe_html
 
+if TYPE_CHECKING:
+    from .admin import AdminView
+
 CHOICES = ("left", "right", "tie", "both_bad")
-STRENGTHS = {None: None, "": None, "none": None, "slightly": 1.0, "much": 2.0, 1: 1.0, 2: 2.0, 1.0: 1.0, 2.0: 2.0}
+STRENGTHS = {None: None, "": None, "none": None, "slightly": 1.0, "much": 2.0, 1: 1.0, 2: 2.0}  # 1.0 == 1 as a key
 MAX_RATIONALE_CHARS = 5000
 GUIDELINES_KEY = "ui.guidelines"
 MAX_GUIDELINES_CHARS = 100_000

@@ -31,7 +31,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-os.environ.setdefault("WORKBENCH_NO_ADBC", "1")
 
 
 def free_port() -> int:

@@ -12,7 +12,8 @@ aggregated counts (the current arena method).  rm.choice is timed from a polars 
 *names* (encoding and aggregation included); peers get integer codes or names prepared outside
 their timing, and the arena-style peers' aggregation is included in theirs.  Every method's
 scores are scored with the same log-likelihood (and objective, with the prior) on the same data.
-Peak memory is the peak RSS growth during the call (sampled every 5 ms).
+Peak memory is the peak RSS growth during the call (sampled every 5 ms).  Times are the best of
+``--repeat`` runs for calls under 5 s (the 2 cores are shared with other work).
 
     python benchmarks/choice.py            # full size
     python benchmarks/choice.py --quick    # 100k comparisons: 200 and 10,000 items
@@ -80,6 +81,27 @@ class Measure:
         self.peak = max(self.peak, self.proc.memory_info().rss)
         self.peak_mb = (self.peak - self.base) / 2**20
         return False
+
+
+def best_of(repeat: int, cap_s: float, fn):
+    """Run ``fn`` up to ``repeat`` times (only again while a run takes < 5 s); keep the fastest
+    time and the largest peak memory."""
+    best = None
+    runs = 0
+    for _ in range(repeat):
+        with Measure(cap_s) as m:
+            fn()
+        runs += 1
+        if best is None or m.seconds < best.seconds:
+            peak = max(best.peak_mb, m.peak_mb) if best else m.peak_mb
+            best = m
+            best.peak_mb = peak
+        else:
+            best.peak_mb = max(best.peak_mb, m.peak_mb)
+        if m.seconds > 5.0:
+            break
+    best.runs = runs
+    return best
 
 
 def make_problem(n_items: int, n_comparisons: int, seed: int = 0):
@@ -196,7 +218,7 @@ PEERS = {
 
 
 # ---------------------------------------------------------------------- runner
-def run_problem(title, K, n, l2, cap_s, skip=(), seed=0):
+def run_problem(title, K, n, l2, cap_s, skip=(), seed=0, repeat=3):
     print(f"\n== {title}: {n:,} comparisons over {K:,} items"
           + (f", Gaussian prior l2={l2}" if l2 else ", maximum likelihood") + " ==")
     frame, names, winner, loser = make_problem(K, n, seed)
@@ -204,25 +226,25 @@ def run_problem(title, K, n, l2, cap_s, skip=(), seed=0):
     rows = []
     model = BradleyTerry(ties="drop", l2=l2)
     BradleyTerry(ties="drop", l2=1.0).fit(frame.head(1000))  # warm-up (imports, first calls)
-    with Measure(cap_s) as m:
-        model.fit(frame)
+    m = best_of(repeat, cap_s, lambda: model.fit(frame))
     # our scores in the peers' item order
     order = model.scores_.select("item", "score")
     ours = dict(zip(order["item"].to_list(), order["score"].to_numpy()))
     s_ours = np.array([ours[x] for x in names])
-    rows.append(("rm.choice (item names)", m.seconds, m.peak_mb, s_ours, "polars frame of names"))
+    rows.append(("rm.choice (item names)", m.seconds, m.peak_mb, s_ours,
+                 f"polars frame of names, best of {m.runs}"))
     fit_seconds = m.seconds
     # the same input the peers get: integer item ids
     codes = pl.DataFrame({"model_a": np.where(frame["label"] == "a", winner, loser),
                           "model_b": np.where(frame["label"] == "a", loser, winner),
                           "label": frame["label"]})
     model_ids = BradleyTerry(ties="drop", l2=l2)
-    with Measure(cap_s) as m:
-        model_ids.fit(codes)
+    m = best_of(repeat, cap_s, lambda: model_ids.fit(codes))
     ids = model_ids.scores_.select("item", "score")
     s_ids = np.zeros(K)
     s_ids[ids["item"].to_numpy()] = ids["score"].to_numpy()
-    rows.append(("rm.choice (integer ids)", m.seconds, m.peak_mb, s_ids, "same input as peers"))
+    rows.append(("rm.choice (integer ids)", m.seconds, m.peak_mb, s_ids,
+                 f"same input as peers, best of {m.runs}"))
     for name, fn in PEERS.items():
         if name in skip:
             rows.append((name, None, None, None, skip[name]))
@@ -230,9 +252,14 @@ def run_problem(title, K, n, l2, cap_s, skip=(), seed=0):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                with Measure(cap_s) as m:
-                    s = fn(names, winner, loser, K, l2)
-            rows.append((name, m.seconds, m.peak_mb, np.asarray(s, dtype=float), ""))
+                out = {}
+
+                def call():
+                    out["s"] = fn(names, winner, loser, K, l2)
+
+                m = best_of(repeat, cap_s, call)
+            rows.append((name, m.seconds, m.peak_mb, np.asarray(out["s"], dtype=float),
+                         f"best of {m.runs}" if m.runs > 1 else ""))
         except TimeCap as exc:
             rows.append((name, None, None, None, str(exc)))
         except MemoryError:
@@ -266,6 +293,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="a smaller problem (100k comparisons)")
     parser.add_argument("--cap", type=float, default=120.0, help="time cap per peer call (s)")
     parser.add_argument("--rounds", type=int, default=100, help="bootstrap rounds")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="best of this many runs for calls under 5 s (the machine is shared)")
     parser.add_argument("--only", choices=("1k", "100k", "bootstrap"), action="append",
                         help="run only these parts (repeatable)")
     args = parser.parse_args(argv)
@@ -276,13 +305,13 @@ def main(argv=None):
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     model = None
     if "1k" in parts or "bootstrap" in parts:
-        model, fit_seconds = run_problem("problem 1", k_small, n, 0.0, args.cap)
+        model, fit_seconds = run_problem("problem 1", k_small, n, 0.0, args.cap, repeat=args.repeat)
     if "bootstrap" in parts:
         print(f"\n== problem 3: {args.rounds} bootstrap rounds on problem 1 "
               f"(one fit from names: {fit_seconds:.3f} s) ==")
         for method in ("exact", "one-step"):
-            with Measure(args.cap * 5) as m:
-                model.bootstrap(args.rounds, seed=0, method=method)
+            m = best_of(args.repeat, args.cap * 5,
+                        lambda: model.bootstrap(args.rounds, seed=0, method=method))
             se = model.scores_["std_error"].to_numpy()
             bse = model.scores_["bootstrap_std_error"].to_numpy()
             print(f"rm.choice bootstrap ({method:8s}): {m.seconds:.3f} s = "
@@ -295,7 +324,7 @@ def main(argv=None):
         if k_large > 30_000:
             gb = k_large**2 * 8 / 2**30
             skip = {"evalica": f"skipped: needs dense {k_large:,} x {k_large:,} matrices ({gb:.0f} GB)"}
-        run_problem("problem 2", k_large, n, 1.0, args.cap, skip=skip)
+        run_problem("problem 2", k_large, n, 1.0, args.cap, skip=skip, repeat=args.repeat)
 
 
 if __name__ == "__main__":

@@ -141,7 +141,6 @@ class FeatureRewardModel(BaseEstimator):
         """Fit on a workbench `Version` or a comparisons frame (labels a/b/tie/both_bad)."""
         import scipy.sparse as sp
         from scipy.optimize import minimize
-        from sklearn.linear_model import LogisticRegression
 
         if self.ties not in ("davidson", "drop"):
             raise ValueError("ties must be 'davidson' or 'drop'")

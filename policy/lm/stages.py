@@ -260,7 +260,7 @@ class PolicyWithValueHead(torch.nn.Module):
         super().__init__()
         self.policy = policy
         hidden = policy.config.hidden_size if hasattr(policy.config, "hidden_size") else policy.config.n_embd
-        self.value_head = torch.nn.Linear(hidden, 1)
+        self.value_head = torch.nn.Linear(hidden, 1, dtype=torch.float32)  # fed hidden.float() below
         torch.nn.init.zeros_(self.value_head.weight)
         torch.nn.init.zeros_(self.value_head.bias)
 

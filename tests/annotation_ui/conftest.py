@@ -16,10 +16,6 @@ import pytest
 import workbench
 from workbench import assign, auth
 
-# One SQLite library per process: see annotation_ui.app.build_app (the ADBC bulk path beside
-# sqlite3 connections can remove the WAL under them).
-os.environ.setdefault("WORKBENCH_NO_ADBC", "1")
-
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "annotation_ui"
 HOSTILE = (

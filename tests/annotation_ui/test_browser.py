@@ -13,7 +13,6 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import sqlalchemy as sa
 
 import workbench
 from workbench import assign

@@ -10,13 +10,28 @@ import polars as pl
 from scipy.optimize import minimize
 
 
-def reference_fit(frame: pl.DataFrame, *, link="logit", ties="half", position=False,
-                  annotators=False, covariates=(), l2=0.0, annotator_l2=1.0):
-    """Return (log-likelihood, item names, scores centred, extra dict)."""
+def reference_fit(*args, **kwargs):
+    """Return (log-likelihood, item names, scores centred, extra dict).
+
+    Runs in float64 on one thread, and puts torch's global settings back afterwards so that
+    other tests in the same process are not changed by it.
+    """
     import torch
 
+    old_dtype, old_threads = torch.get_default_dtype(), torch.get_num_threads()
     torch.set_num_threads(1)  # the 2 cores are shared; threaded torch is 10x slower here
     torch.set_default_dtype(torch.float64)
+    try:
+        return _reference_fit(*args, **kwargs)
+    finally:
+        torch.set_default_dtype(old_dtype)
+        torch.set_num_threads(old_threads)
+
+
+def _reference_fit(frame: pl.DataFrame, *, link="logit", ties="half", position=False,
+                   annotators=False, covariates=(), l2=0.0, annotator_l2=1.0):
+    import torch
+
     items = sorted(set(frame["model_a"].to_list()) | set(frame["model_b"].to_list()))
     idx = {v: i for i, v in enumerate(items)}
     a = torch.tensor([idx[v] for v in frame["model_a"].to_list()])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import PositiveWordPreference, PositiveWordReward
 
 from policy.config import BestOfNConfig, ConfigError, DPOConfig, NashMDConfig, PPOConfig, SFTConfig

@@ -1,7 +1,6 @@
 """Shared helpers of the rm tests: simulated pairs with a known reward, a fake version."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import polars as pl

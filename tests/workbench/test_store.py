@@ -15,7 +15,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-import workbench
 from workbench import ids
 from workbench.frames import InvalidRows
 from workbench.store import NotFound, StoreError
