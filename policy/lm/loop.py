@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import polars as pl
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
@@ -52,8 +52,11 @@ class EpochPermutationSampler(torch.utils.data.Sampler):
 def make_accelerator(config: TrainingConfig) -> Accelerator:
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("mixed_precision 'fp16' needs a GPU; use 'bf16' or 'no' on CPU")
+    # split_batches: ``batch_size`` is the global batch, cut across processes, so a run under
+    # ``accelerate launch --num_processes N`` takes the same optimizer steps as one process.
     return Accelerator(mixed_precision=config.mixed_precision,
-                       gradient_accumulation_steps=config.gradient_accumulation_steps)
+                       gradient_accumulation_steps=config.gradient_accumulation_steps,
+                       dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
 def move_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
