@@ -58,11 +58,12 @@ def _load_lm(config):
     return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True), tokenizer
 
 
-def run_tabular(stage: str, version, config, fitted, store=None) -> dict[str, Any]:
-    """The tabular stages on a version: fit, save the policy (.npz), record the run."""
-    import dataclasses
+def run_tabular(stage: str, version, config, fitted, store=None, parent_run_id: str | None = None) -> dict[str, Any]:
+    """The tabular stages on a version: fit, save the policy (.npz), record the run.
 
-    import numpy as np
+    ``parent_run_id`` names the run of the fitted model the stage consumed (its lineage).
+    """
+    import dataclasses
 
     from .protocols import BradleyTerryPreference
     from .tabular import TabularBestOfN, TabularDPO, TabularNashMD, TabularPreferences, TabularRLHF, bradley_terry_rewards
@@ -87,7 +88,8 @@ def run_tabular(stage: str, version, config, fitted, store=None) -> dict[str, An
         model = TabularBestOfN(n=config.n).fit(table, reward)
     else:
         raise ValueError(f"stage {stage!r} has no tabular form (sft needs a language model)")
-    run = store.start_run(f"policy_{stage}_tabular", version, config=dataclasses.asdict(config)) if store else None
+    run = (store.start_run(f"policy_{stage}_tabular", version, config=dataclasses.asdict(config), parent_run_id=parent_run_id)
+           if store else None)
     try:
         report = model.evaluate(preference)
         metrics = {"win_rate_vs_reference": float(report["win_rate"].mean()),
@@ -102,8 +104,7 @@ def run_tabular(stage: str, version, config, fitted, store=None) -> dict[str, An
         raise
     if run is not None:
         run.finish(metrics=metrics, artifact_path=str(artifact))
-    _ = np
-    return {**metrics, "artifact_path": str(artifact), "run_id": getattr(run, "run_id", getattr(run, "id", None))}
+    return {**metrics, "artifact_path": str(artifact), "run_id": run.run_id if run is not None else None}
 
 
 def handle_train(args: argparse.Namespace) -> int:
@@ -126,7 +127,7 @@ def handle_train(args: argparse.Namespace) -> int:
         if stage == "nash" and config.representation == "lm" and fitted is None:
             raise ValueError("train nash needs --rm RUN (a fitted preference or reward model)")
         if config.representation == "tabular":
-            result = run_tabular(stage, version, config, fitted, store)
+            result = run_tabular(stage, version, config, fitted, store, parent_run_id=args.rm)
         else:
             result = _run_lm(stage, version, config, fitted, store, args.resume)
     except (ValueError, TypeError, FileNotFoundError, KeyError, LookupError) as exc:

@@ -88,3 +88,26 @@ def test_lm_stage_needs_a_fitted_model_and_a_local_model(tmp_path, simulated_sto
     args = build_parser().parse_args(["--db", db, "train", "sft", "v1", "--config", str(config)])
     assert args.func(args) == 2
     assert "model folder not found" in capsys.readouterr().out
+
+
+def test_ppo_on_a_fitted_reward_model_run_keeps_lineage_and_beats_the_reference(tmp_path, simulated_store, capsys):
+    """labels -> `workbench rm train feature` (a recorded run) -> `workbench train ppo --rm RUN`."""
+    from workbench.cli import main
+
+    db, store, sim = simulated_store
+    assert main(["--db", db, "rm", "train", "feature", "--version", "v1", "--output", str(tmp_path / "rm")]) == 0
+    rm_run = store.runs(kind="reward_model").row(-1, named=True)
+    assert rm_run["status"] == "completed"
+    capsys.readouterr()
+    config = tmp_path / "ppo.yaml"
+    config.write_text(f"representation: tabular\nkl_coef: 0.5\noutput_dir: {tmp_path / 'out'}\n")
+    assert main(["--db", db, "train", "ppo", "v1", "--rm", rm_run["run_id"], "--config", str(config)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["fitted_model"] == "given"
+    run = store.run(result["run_id"])
+    assert run.parent_run_id == rm_run["run_id"] and run.version_hash == store.version("v1").hash
+    policy = TabularRLHF.load(result["artifact_path"])
+    truth = true_preference(policy.table_, sim)
+    gain = float(np.mean(win_rate(policy.log_probs_, policy.table_.log_reference, truth))) - 0.5
+    print(f"ppo on the feature reward model: true win-rate gain over the reference {gain:+.3f}")
+    assert gain > 0.02
