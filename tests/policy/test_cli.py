@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -111,3 +112,28 @@ def test_ppo_on_a_fitted_reward_model_run_keeps_lineage_and_beats_the_reference(
     gain = float(np.mean(win_rate(policy.log_probs_, policy.table_.log_reference, truth))) - 0.5
     print(f"ppo on the feature reward model: true win-rate gain over the reference {gain:+.3f}")
     assert gain > 0.02
+
+
+def test_lm_stages_through_the_cli_train_a_local_checkpoint_and_record_runs(tmp_path, simulated_store, capsys):
+    """`train sft` then `train dpo` with representation lm on a local (tiny) checkpoint folder."""
+    from policy.lm.tiny import tiny_causal_lm, train_tokenizer
+    from workbench.cli import main
+
+    db, store, _ = simulated_store
+    frame = store.version("v1").to_polars()
+    tokenizer = train_tokenizer(frame["prompt"].to_list() + frame["response_a"].to_list() + frame["response_b"].to_list(), vocab_size=400)
+    folder = tmp_path / "tiny-lm"
+    tiny_causal_lm(tokenizer, seed=0, max_positions=128).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    common = "representation: lm\nmax_length: 64\nmax_prompt_length: 32\nbatch_size: 4\nprogress: false\nlog_every: 1\n"
+    (tmp_path / "sft.yaml").write_text(common + f"model: {folder}\nmax_steps: 3\nlearning_rate: 0.001\noutput_dir: {tmp_path / 'sft'}\n")
+    capsys.readouterr()
+    assert main(["--db", db, "train", "sft", "v1", "--config", str(tmp_path / "sft.yaml")]) == 0
+    sft = json.loads(capsys.readouterr().out)
+    (tmp_path / "dpo.yaml").write_text(common + f"model: {folder}\nmax_steps: 3\nlearning_rate: 0.001\nbeta: 0.5\noutput_dir: {tmp_path / 'dpo'}\n")
+    assert main(["--db", db, "train", "dpo", "v1", "--config", str(tmp_path / "dpo.yaml")]) == 0
+    dpo = json.loads(capsys.readouterr().out)
+    kinds = store.runs(version="v1")["kind"].to_list()
+    assert any("sft" in k for k in kinds) and any("dpo" in k and "tabular" not in k for k in kinds)
+    for result in (sft, dpo):
+        assert result["artifact_path"] and (Path(result["artifact_path"]) / "config.json").exists()
