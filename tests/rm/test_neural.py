@@ -170,15 +170,13 @@ def test_resume_after_kill_reaches_the_same_model(tiny_model_dir, tmp_path):
 
 
 def test_two_processes_under_accelerate_launch_match_one_process(tiny_model_dir, tmp_path):
-    if shutil.which("accelerate") is None:
-        pytest.skip("accelerate CLI not on PATH")
     frame, _ = simulated_pairs(32, seed=4)
     data = tmp_path / "pairs.parquet"
     frame.write_parquet(data)
     script = tmp_path / "train.py"
     script.write_text(_train_script(tiny_model_dir, data, tmp_path / "ddp", epochs=1, save_steps=0))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = ["accelerate", "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", str(script)]
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
     assert res.returncode == 0, res.stderr[-3000:]
