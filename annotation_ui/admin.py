@@ -16,13 +16,50 @@ import polars as pl
 
 from workbench import assign
 
-from .agreement import agreement
+from workbench.diagnostics import noise
 
 if TYPE_CHECKING:
     from .service import AnnotationService
 
 EXPORT_FORMATS = ("trl", "trl-conversational", "parquet", "jsonl")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+def agreement_table(comparisons: Any, min_shared: int = 5) -> pl.DataFrame:
+    """Agreement on pairs labelled by several annotators, as the admin view shows it.
+
+    ``metric, value, items, annotators`` for the mean pairwise Cohen's kappa (annotator pairs
+    sharing at least ``min_shared`` pairs), Fleiss' kappa and Krippendorff's alpha (nominal), all
+    from :mod:`workbench.diagnostics.noise`: a pair shown either way round is one unit, read in its
+    own orientation, and each annotator's first label on it counts (repeats measure
+    self-consistency instead).
+    """
+    schema = {"metric": pl.String, "value": pl.Float64, "items": pl.Int64, "annotators": pl.Int64}
+    names = ["cohen_kappa_mean", "fleiss_kappa", "krippendorff_alpha"]
+    if comparisons is not None and not isinstance(comparisons, pl.DataFrame):
+        comparisons = pl.from_pandas(comparisons)
+    if comparisons is None or comparisons.height == 0:
+        return pl.DataFrame({"metric": names, "value": [float("nan")] * 3, "items": [0] * 3, "annotators": [0] * 3}, schema=schema)
+    cohen = noise.cohen_kappa_pairs(comparisons, min_shared=min_shared)
+    overall = noise.agreement(comparisons, cohen=cohen)
+    units = int(overall["n_units"][0])
+    n_raters = _annotators_on_shared_pairs(comparisons)
+    cohen_annotators = pl.concat([cohen["annotator_1"], cohen["annotator_2"]]).n_unique() if cohen.height else 0
+    return pl.DataFrame({
+        "metric": names,
+        "value": [float(overall["mean_cohen_kappa"][0]), float(overall["fleiss_kappa"][0]), float(overall["krippendorff_alpha"][0])],
+        "items": [int(cohen["n_shared"].sum()) if cohen.height else 0, units, units],
+        "annotators": [cohen_annotators, n_raters, n_raters],
+    }, schema=schema)
+
+
+def _annotators_on_shared_pairs(comparisons: pl.DataFrame) -> int:
+    """How many annotators labelled at least one pair that another annotator labelled too."""
+    f = comparisons
+    unit = pl.concat_str([pl.min_horizontal("response_a_id", "response_b_id"), pl.max_horizontal("response_a_id", "response_b_id")], separator="|")
+    f = f.select(unit.alias("unit"), "annotator_id").unique()
+    shared = f.group_by("unit").len().filter(pl.col("len") >= 2).select("unit")
+    return f.join(shared, on="unit", how="semi")["annotator_id"].n_unique()
 
 
 class AdminView:
@@ -37,23 +74,27 @@ class AdminView:
         now = time.time()
         midnight = dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
         if live.height:
-            decisive = live.filter(pl.col("label").is_in(["a", "b"]) & pl.col("shown_left").is_not_null())
             per = live.group_by("annotator_id").agg(
                 pl.len().alias("labels"),
                 (pl.col("created_at") >= midnight).sum().alias("labels_today"),
                 pl.col("duration_ms").median().alias("median_ms"),
             )
-            left = decisive.group_by("annotator_id").agg((pl.col("label") == pl.col("shown_left")).mean().alias("left_rate"), pl.len().alias("decisive"))
+            left = (noise.left_side_bias(live).filter(pl.col("n_sided") > 0)
+                    .select("annotator_id", "left_rate", pl.col("n_sided").alias("decisive"), "left_p_adjusted", "left_biased"))
+            gold = (noise.gold_accuracy(live, reference=assign.gold_reference(self.store)).filter(pl.col("n_gold") > 0)
+                    .select("annotator_id", "n_gold", "gold_accuracy"))
+            rep = (noise.self_consistency(live).filter(pl.col("n_repeats") > 0)
+                   .select("annotator_id", "n_repeats", pl.col("self_consistency").alias("consistency")))
         else:
             per = pl.DataFrame(schema={"annotator_id": pl.String, "labels": pl.UInt32, "labels_today": pl.UInt32, "median_ms": pl.Float64})
-            left = pl.DataFrame(schema={"annotator_id": pl.String, "left_rate": pl.Float64, "decisive": pl.UInt32})
+            left = pl.DataFrame(schema={"annotator_id": pl.String, "left_rate": pl.Float64, "decisive": pl.Int64, "left_p_adjusted": pl.Float64, "left_biased": pl.Boolean})
+            gold = pl.DataFrame(schema={"annotator_id": pl.String, "n_gold": pl.Int64, "gold_accuracy": pl.Float64})
+            rep = pl.DataFrame(schema={"annotator_id": pl.String, "n_repeats": pl.Int64, "consistency": pl.Float64})
         a = assign.assignments_frame(self.store)
         leases = a.group_by("annotator_id").agg(
             (pl.col("status") == "skipped").sum().alias("skipped"),
             ((pl.col("status") == "leased") & (pl.col("expires_at") >= now)).sum().alias("leased_now"),
         ) if a.height else pl.DataFrame(schema={"annotator_id": pl.String, "skipped": pl.UInt32, "leased_now": pl.UInt32})
-        gold = assign.gold_scores(self.store).select("annotator_id", "n_gold", pl.col("accuracy").alias("gold_accuracy"))
-        rep = assign.repeat_consistency(self.store).select("annotator_id", "n_repeats", "consistency")
         out = ann
         for f in (per, left, leases, gold, rep):
             out = out.join(f, on="annotator_id", how="left")
@@ -75,7 +116,7 @@ class AdminView:
         )
 
     def agreement(self, min_shared: int = 5) -> pl.DataFrame:
-        return agreement(self.store.live(), min_shared=min_shared)
+        return agreement_table(self.store.live(), min_shared=min_shared)
 
     # ------------------------------------------------------------------ versions
     def versions(self) -> pl.DataFrame:
@@ -125,6 +166,23 @@ class AdminView:
             return self.store.version(ref)
         except LookupError as exc:
             raise BadRequest(str(exc)) from exc
+
+    def diagnostics(self, version: Any) -> Any:
+        """The diagnostics report of ``workbench diagnose`` on a version (records a run).
+
+        Written under the store's files folder, ``reports/<version>-<hash>``; returns the
+        :class:`workbench.diagnostics.report.Report` (its ``html_path`` is self-contained, with
+        every text from the data escaped).
+        """
+        from workbench.diagnostics import build_report
+
+        from .service import BadRequest
+
+        v = self._version(version)
+        if v.n_comparisons == 0:
+            raise BadRequest(f"version {v.name} has no comparisons to diagnose")
+        out = Path(self.store.files_dir) / "reports" / f"{v.name}-{v.hash[:12]}"
+        return build_report(v, out, store=self.store)
 
     def export(self, version: Any, fmt: Any, out_dir: str | Path) -> Path:
         from .service import BadRequest

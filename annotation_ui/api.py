@@ -22,16 +22,22 @@ route                    body                                                   
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import anyio
+import orjson
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from workbench.auth import Account, AuthError
 
 from .service import AnnotationService, BadRequest
 
 MAX_BODY_BYTES = 64 * 1024
+# Worker threads for the store work (``$WORKBENCH_API_THREADS``): the store serializes writers
+# anyway, so more threads only add GIL contention and unfair queuing on the write lock.
+API_THREADS = int(os.environ.get("WORKBENCH_API_THREADS", "2"))
 
 
 def _item(item: Any) -> dict | None:
@@ -73,71 +79,80 @@ def _token(request: Request) -> str:
     raise AuthError("not logged in: send Authorization: Bearer <token> from POST /api/login")
 
 
-def install(app: FastAPI, service: AnnotationService) -> None:
-    """Add the JSON routes and their error handlers to ``app``."""
+def _json(obj: Any) -> Response:
+    return Response(orjson.dumps(obj), media_type="application/json")
+
+
+def install(app: FastAPI, service: AnnotationService, *, threads: int = API_THREADS) -> None:
+    """Add the JSON routes and their error handlers to ``app``.
+
+    The store work runs in worker threads of the API's own pool of ``threads``: requests beyond
+    that wait in first-come-first-served order (a fair queue keeps the latency tail short).
+    """
     router = APIRouter(prefix="/api")
+    limiter: list[anyio.CapacityLimiter] = []
+
+    async def run(fn: Any, *args: Any) -> Any:
+        if not limiter:
+            limiter.append(anyio.CapacityLimiter(threads))
+        return await anyio.to_thread.run_sync(fn, *args, limiter=limiter[0])
 
     def who(request: Request) -> Account:
         return service.session(_token(request))
 
     @router.post("/login")
-    async def login(request: Request) -> dict:
+    async def login(request: Request) -> Response:
         body = await _body(request, {"name", "password"}, {"name", "password"})
-        from starlette.concurrency import run_in_threadpool
-
-        token, acct = await run_in_threadpool(service.login, body["name"], body["password"])
-        return {"token": token, "annotator_id": acct.annotator_id, "role": acct.role}
+        token, acct = await run(service.login, body["name"], body["password"])
+        return _json({"token": token, "annotator_id": acct.annotator_id, "role": acct.role})
 
     @router.post("/logout")
-    def logout(request: Request) -> dict:
-        service.logout(_token(request))
-        return {"ok": True}
+    async def logout(request: Request) -> Response:
+        await run(service.logout, _token(request))
+        return _json({"ok": True})
 
     @router.get("/next")
-    def next_pair(request: Request) -> dict:
-        acct = who(request)
-        return {"item": _item(service.next_item(acct)), "progress": service.progress(acct)}
+    async def next_pair(request: Request) -> Response:
+        def work() -> dict:
+            acct = who(request)
+            return {"item": _item(service.next_item(acct)), "progress": service.progress(acct)}
+
+        return _json(await run(work))
 
     @router.post("/label")
-    async def label(request: Request) -> dict:
+    async def label(request: Request) -> Response:
         body = await _body(request, {"assignment_id", "choice", "strength", "rationale"}, {"assignment_id", "choice"})
-        from starlette.concurrency import run_in_threadpool
-
         def work() -> dict:
             acct = who(request)
             out = service.submit(acct, body["assignment_id"], body["choice"], body.get("strength"), body.get("rationale"))
             out["next"] = _item(out["next"])
             return out
 
-        return await run_in_threadpool(work)
+        return _json(await run(work))
 
     @router.post("/skip")
-    async def skip(request: Request) -> dict:
+    async def skip(request: Request) -> Response:
         body = await _body(request, {"assignment_id"}, {"assignment_id"})
-        from starlette.concurrency import run_in_threadpool
-
         def work() -> dict:
             out = service.skip(who(request), body["assignment_id"])
             out["next"] = _item(out["next"])
             return out
 
-        return await run_in_threadpool(work)
+        return _json(await run(work))
 
     @router.post("/undo")
-    async def undo(request: Request) -> dict:
+    async def undo(request: Request) -> Response:
         body = await _body(request, {"client_token"}, {"client_token"})
-        from starlette.concurrency import run_in_threadpool
-
         def work() -> dict:
             out = service.undo(who(request), body["client_token"])
             out["next"] = _item(out["next"])
             return out
 
-        return await run_in_threadpool(work)
+        return _json(await run(work))
 
     @router.get("/progress")
-    def progress(request: Request) -> dict:
-        return service.progress(who(request))
+    async def progress(request: Request) -> Response:
+        return _json(await run(lambda: service.progress(who(request))))
 
     @router.get("/admin/progress")
     def admin_progress(request: Request) -> dict:

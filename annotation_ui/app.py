@@ -8,16 +8,19 @@ admin tab is cosmetic: the admin handlers refuse annotators themselves.
 
 from __future__ import annotations
 
+import gc
+
 import functools
 import html
 import secrets
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
 import polars as pl
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from workbench import assign
 from workbench.auth import Account, AuthError
@@ -253,6 +256,11 @@ def _admin_view(service: AnnotationService, who: Callable[[gr.Request], Account]
     leaderboard_plot = gr.Plot(label="Leaderboard")
     exported = gr.File(label="Exported file")
 
+    gr.Markdown("## Diagnostics report")
+    diagnose = gr.Button("Diagnose the chosen version (label noise and coverage)", elem_id="wb-admin-diagnose")
+    findings = gr.Markdown(elem_id="wb-admin-findings")
+    report = gr.HTML(elem_id="wb-admin-report")
+
     def _version_choices(view: Any) -> Any:
         names = view.versions()["name"].to_list()
         return gr.update(choices=names, value=names[-1] if names else None)
@@ -300,13 +308,59 @@ def _admin_view(service: AnnotationService, who: Callable[[gr.Request], Account]
         view = admin_of(request)
         return str(view.export(version, fmt_, export_dir))
 
+    @call
+    def do_diagnose(version: str, request: gr.Request) -> tuple:
+        view = admin_of(request)
+        rep = view.diagnostics(version)
+        lines = [f"**{html.escape(v_)}**" for v_ in (rep.summary().splitlines()[:1])]
+        lines += [f"- [{html.escape(str(r['area']))}] {html.escape(str(r['finding']))}" for r in rep.findings.head(8).iter_rows(named=True)]
+        # The report is self-contained (plots embedded) and escapes all data text; the sandboxed
+        # frame runs no script and loads nothing from elsewhere.
+        page = Path(rep.html_path).read_text(encoding="utf-8")
+        frame = (f'<iframe title="diagnostics report" sandbox="" referrerpolicy="no-referrer" '
+                 f'style="width:100%;height:900px;border:1px solid #ddd" srcdoc="{html.escape(page, quote=True)}"></iframe>')
+        return "\n".join(lines), frame
+
     admin_outputs = [per_annotator, per_category, agreement, plot, guidelines, versions, version_pick]
     refresh.click(do_refresh, None, admin_outputs, api_name="admin_refresh")
     save.click(do_save, [guidelines, strategy, overlap, gold_rate, repeat_rate, lease], saved, api_name="admin_save")
     create.click(do_create, [version_name, version_desc], [versions, version_pick], api_name="admin_create_version")
     fit.click(do_fit, [version_pick], [leaderboard, leaderboard_plot], api_name="admin_fit")
     export.click(do_export, [version_pick, fmt], exported, api_name="admin_export")
+    diagnose.click(do_diagnose, [version_pick], [findings, report], api_name="admin_diagnose")
     return {"export_dir": export_dir}
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware adding no-sniff / no-framing / no-referrer headers to every response, and
+    ``Server-Timing: app;dur=<ms>`` (time in the server from request to response headers).
+
+    (Starlette's ``@app.middleware("http")`` wraps each response in a streaming body and a task
+    group, which cost about as much CPU as the JSON API's own work.)
+    """
+
+    HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer"))
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        started = time.perf_counter()
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {k.lower() for k, _ in headers}
+                headers += [(k, v) for k, v in self.HEADERS if k not in present]
+                headers.append((b"server-timing", f"app;dur={1000 * (time.perf_counter() - started):.1f}".encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def build_app(store: Any, *, scorer: Callable[[pl.DataFrame], Any] | None = None, concurrency: int = 8) -> FastAPI:
@@ -315,13 +369,7 @@ def build_app(store: Any, *, scorer: Callable[[pl.DataFrame], Any] | None = None
     app = FastAPI(title="Preference workbench annotation", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next: Any) -> Any:
-        response = await call_next(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        return response
+    app.add_middleware(SecurityHeaders)
 
     api.install(app, service)
     blocks = build_blocks(service)
@@ -338,4 +386,8 @@ def serve(store: Any, host: str = "127.0.0.1", port: int = 7860, *, scorer: Any 
     import uvicorn
 
     app = build_app(store, scorer=scorer)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    # The app's import-time heap (gradio, polars, matplotlib...) is large and lives forever: keep
+    # the cyclic garbage collector from rescanning it in full collections during requests.
+    gc.collect()
+    gc.freeze()
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5, timeout_keep_alive=30)

@@ -69,44 +69,48 @@ class Item:
 
 
 class _TextCache:
-    """Texts are content-addressed and immutable, so they are cached per process."""
+    """Texts and their sanitized HTML, per process (texts are content-addressed and immutable).
+
+    A miss costs one query for the prompt and one for the responses; each text is rendered once.
+    """
 
     def __init__(self, store: Any, size: int = 20_000):
+        import sqlalchemy as sa
+        from workbench.schema import prompts, responses
+
         self.store, self.size = store, size
-        self.prompts: OrderedDict[str, tuple[str, str | None, str | None]] = OrderedDict()
-        self.responses: OrderedDict[str, str] = OrderedDict()
+        self.prompts: OrderedDict[str, tuple[str, str | None, str]] = OrderedDict()  # id -> text, category, html
+        self.responses: OrderedDict[str, tuple[str, str]] = OrderedDict()  # id -> text, html
         self.lock = threading.Lock()
+        self._prompt_sql = sa.select(prompts.c.text, prompts.c.messages, prompts.c.category).where(prompts.c.prompt_id == sa.bindparam("pid"))
+        self._responses_sql = sa.select(responses.c.response_id, responses.c.text).where(responses.c.response_id.in_(sa.bindparam("rids", expanding=True)))
 
-    def prompt(self, prompt_id: str) -> tuple[str, str | None, str | None]:
+    def _put(self, cache: OrderedDict, key: str, value: Any) -> None:
+        cache[key] = value
+        if len(cache) > self.size:
+            cache.popitem(last=False)
+
+    def get(self, prompt_id: str, response_ids: tuple[str, ...]) -> tuple[tuple[str, str | None, str], list[tuple[str, str]]]:
         with self.lock:
-            hit = self.prompts.get(prompt_id)
-        if hit is None:
-            import sqlalchemy as sa
-            from workbench.schema import prompts
-
+            prompt = self.prompts.get(prompt_id)
+            found = {r: self.responses.get(r) for r in response_ids}
+        missing = [r for r, v in found.items() if v is None]
+        if prompt is None or missing:
             with self.store._read() as conn:  # noqa: SLF001
-                row = conn.execute(sa.select(prompts.c.text, prompts.c.messages, prompts.c.category).where(prompts.c.prompt_id == prompt_id)).first()
-            hit = (row[0], row[1], row[2]) if row else ("", None, None)
+                if prompt is None:
+                    row = conn.execute(self._prompt_sql, {"pid": prompt_id}).first()
+                    text, messages, category = (row[0], row[1], row[2]) if row else ("", None, None)
+                    prompt = (text, category, conversation_to_safe_html(messages, fallback=text))
+                if missing:
+                    texts = dict(conn.execute(self._responses_sql, {"rids": missing}).all())
+                    for r in missing:
+                        t = texts.get(r) or ""
+                        found[r] = (t, markdown_to_safe_html(t))
             with self.lock:
-                self.prompts[prompt_id] = hit
-                if len(self.prompts) > self.size:
-                    self.prompts.popitem(last=False)
-        return hit
-
-    def response(self, response_id: str) -> str:
-        with self.lock:
-            hit = self.responses.get(response_id)
-        if hit is None:
-            import sqlalchemy as sa
-            from workbench.schema import responses
-
-            with self.store._read() as conn:  # noqa: SLF001
-                hit = conn.execute(sa.select(responses.c.text).where(responses.c.response_id == response_id)).scalar() or ""
-            with self.lock:
-                self.responses[response_id] = hit
-                if len(self.responses) > self.size:
-                    self.responses.popitem(last=False)
-        return hit
+                self._put(self.prompts, prompt_id, prompt)
+                for r in missing:
+                    self._put(self.responses, r, found[r])
+        return prompt, [found[r] for r in response_ids]  # type: ignore[misc]
 
 
 class AnnotationService:
@@ -148,20 +152,14 @@ class AnnotationService:
     # ------------------------------------------------------------------ annotate
     def next_item(self, acct: Account) -> Item | None:
         """The annotator's current lease, or a new one; ``None`` when their queue is empty."""
-        cfg = assign.load_config(self.store)
-        scorer = self.scorer if cfg.strategy == "active" else None
-        strategy = cfg.strategy if (cfg.strategy != "active" or scorer is not None) else "balanced"
-        a = assign.assign_next_pair(self.store, acct.annotator_id, strategy, scorer=scorer)
+        a = assign.assign_next_pair(self.store, acct.annotator_id, scorer=self.scorer, fallback_strategy="balanced")
         return self._item(a) if a is not None else None
 
     def _item(self, a: assign.Assignment) -> Item:
-        text, messages, category = self.texts.prompt(a.prompt_id)
         left_id, right_id = (a.response_a_id, a.response_b_id) if a.shown_left == "a" else (a.response_b_id, a.response_a_id)
-        left, right = self.texts.response(left_id), self.texts.response(right_id)
+        (text, category, prompt_html), [(left, left_html), (right, right_html)] = self.texts.get(a.prompt_id, (left_id, right_id))
         return Item(
-            assignment_id=a.assignment_id,
-            prompt_html=conversation_to_safe_html(messages, fallback=text),
-            left_html=markdown_to_safe_html(left), right_html=markdown_to_safe_html(right),
+            assignment_id=a.assignment_id, prompt_html=prompt_html, left_html=left_html, right_html=right_html,
             prompt_text=text, left_text=left, right_text=right, category=category, expires_at=a.expires_at,
         )
 
@@ -173,11 +171,13 @@ class AnnotationService:
         strength = _check_strength(strength, choice)
         rationale = _check_rationale(rationale)
         try:
-            a, receipt = assign.record_label(self.store, assignment_id, acct.annotator_id, choice, strength=strength, rationale=rationale)
+            _a, receipt, nxt = assign.record_label_and_next(
+                self.store, assignment_id, acct.annotator_id, choice, strength=strength, rationale=rationale,
+                scorer=self.scorer, fallback_strategy="balanced")
         except assign.AssignmentError as exc:
             raise BadRequest(str(exc)) from exc
-        nxt = self.next_item(acct)
-        return {"recorded": receipt.created, "comparison_id": receipt.comparison_id, "event_id": receipt.event_id, "next": nxt}
+        return {"recorded": receipt.created, "comparison_id": receipt.comparison_id, "event_id": receipt.event_id,
+                "next": self._item(nxt) if nxt is not None else None}
 
     def skip(self, acct: Account, assignment_id: Any) -> dict:
         assignment_id = _check_assignment_id(assignment_id)

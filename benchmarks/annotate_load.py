@@ -1,6 +1,7 @@
 """Load test of the annotation server: simulated annotators over HTTP against a local server on SQLite.
 
-    python benchmarks/annotate_load.py --annotators 32 --seconds 60
+    python benchmarks/annotate_load.py --annotators 32 --seconds 60              # saturation
+    python benchmarks/annotate_load.py --annotators 32 --seconds 60 --rate 110   # latency at 110 labels/s
 
 Builds a fresh store (prompts x responses -> a pool of pairs), creates the accounts, starts
 ``workbench serve`` in a subprocess, and runs the annotators as asyncio tasks (httpx) that each
@@ -8,7 +9,14 @@ log in and then loop: POST /api/label (which acknowledges the label and returns 
 It reports labels/s, the submit-to-next-pair latency (p50/p99), the server's peak memory, and
 then checks the store against what was acknowledged: lost labels (acknowledged, absent),
 duplicated labels (one assignment recorded twice) and unacknowledged extras. About 5% of
-submissions are sent twice (a double click) to exercise idempotency.
+submissions are sent twice (a double click) to exercise idempotency. It also reports the server's
+CPU time per label and the load generator's (both share the machine's cores).
+
+Without ``--rate`` the annotators label back to back with no think time, so the run measures the
+server's saturation throughput and its latency is queueing (32 requests always in flight: mean
+latency = 32 / throughput by Little's law). With ``--rate R`` each annotator pauses between labels
+(exponential, mean annotators/R seconds), which measures the latency annotators see at an
+offered load of R labels/s.
 
 Goals (issue 4): p99 < 150 ms, >= 100 labels/s, 0 lost, 0 duplicated.
 """
@@ -55,22 +63,32 @@ def build_store(db: Path, n_prompts: int, n_responses: int, n_annotators: int, o
     return logins
 
 
-async def annotator(client, name: str, password: str, deadline: float, seed: int, out: dict) -> None:
+async def annotator(client, name: str, password: str, deadline: float, seed: int, out: dict, think_s: float = 0.0) -> None:
+    import httpx
+
     rng = random.Random(seed)
     r = await client.post("/api/login", json={"name": name, "password": password})
     r.raise_for_status()
     headers = {"Authorization": f"Bearer {r.json()['token']}"}
     item = (await client.get("/api/next", headers=headers)).json()["item"]
+    next_at = time.perf_counter()
     while item is not None and time.perf_counter() < deadline:
         body = {"assignment_id": item["assignment_id"], "choice": rng.choice(["left", "right", "tie", "both_bad"])}
         t0 = time.perf_counter()
-        r = await client.post("/api/label", json=body, headers=headers)
+        try:
+            r = await client.post("/api/label", json=body, headers=headers)
+        except httpx.TransportError as exc:  # a dropped connection: resend (a label is idempotent)
+            out["transport_retries"].append(repr(exc)[:200])
+            r = await client.post("/api/label", json=body, headers=headers)
         dt = time.perf_counter() - t0
         if r.status_code != 200:
             out["errors"].append(r.text[:200])
             break
         data = r.json()
         out["latency"].append(dt)
+        timing = r.headers.get("server-timing", "")
+        if "dur=" in timing:
+            out["server_ms"].append(float(timing.split("dur=")[1].split(";")[0].split(",")[0]))
         out["acked"].append(data["comparison_id"])
         if rng.random() < 0.05:  # a double click: must not record a second label
             r2 = await client.post("/api/label", json=body, headers=headers)
@@ -78,21 +96,34 @@ async def annotator(client, name: str, password: str, deadline: float, seed: int
             if r2.status_code != 200 or r2.json()["comparison_id"] != data["comparison_id"]:
                 out["errors"].append("resend answered differently")
         item = data["next"]
+        if think_s:  # each annotator submits as a Poisson stream (exponential gaps), whatever the latency
+            next_at += rng.expovariate(1.0 / think_s)
+            await asyncio.sleep(max(0.0, min(next_at, deadline) - time.perf_counter()))
     if item is None:
         out["drained"] += 1
 
 
-async def drive(url: str, logins: dict[str, str], seconds: float) -> dict:
+async def drive(url: str, logins: dict[str, str], seconds: float, rate: float = 0.0) -> dict:
     import httpx
 
-    out = {"latency": [], "acked": [], "errors": [], "resent": 0, "drained": 0}
+    out = {"latency": [], "server_ms": [], "acked": [], "errors": [], "transport_retries": [], "resent": 0, "drained": 0}
     limits = httpx.Limits(max_connections=len(logins) + 4, max_keepalive_connections=len(logins) + 4)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         deadline = time.perf_counter() + seconds
         t0 = time.perf_counter()
-        await asyncio.gather(*[annotator(client, n, pw, deadline, i, out) for i, (n, pw) in enumerate(logins.items())])
+        think_s = len(logins) / rate if rate > 0 else 0.0
+        await asyncio.gather(*[annotator(client, n, pw, deadline, i, out, think_s) for i, (n, pw) in enumerate(logins.items())])
         out["elapsed"] = time.perf_counter() - t0
     return out
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -112,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", type=int, default=3000)
     ap.add_argument("--responses", type=int, default=4, help="responses per prompt (pairs per prompt = r(r-1)/2)")
     ap.add_argument("--overlap", type=int, default=2)
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="offered load in labels/s over all annotators (each thinks for annotators/rate s on average "
+                         "between labels); 0 (default): no think time, i.e. the server's saturation throughput")
     ap.add_argument("--keep", action="store_true", help="keep the store's folder")
     args = ap.parse_args(argv)
 
@@ -141,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
             if time.time() > deadline or proc.poll() is not None:
                 raise RuntimeError("server did not start: " + (tmp / "server.log").read_text()[-2000:])
             time.sleep(0.3)
-        out = asyncio.run(drive(url, logins, args.seconds))
+        cpu0, own0 = cpu_seconds(proc.pid), time.process_time()
+        out = asyncio.run(drive(url, logins, args.seconds, args.rate))
+        cpu1, own1 = cpu_seconds(proc.pid), time.process_time()
         rss = peak_rss_mb(proc.pid)
     finally:
         proc.send_signal(signal.SIGKILL)  # a kill, not a clean stop: acknowledged labels must be on disk
@@ -167,13 +203,24 @@ def main(argv: list[str] | None = None) -> int:
     lat = np.array(out["latency"]) * 1000
     n = len(out["acked"])
     rate = n / out["elapsed"] if out["elapsed"] else float("nan")
-    print(f"annotators {args.annotators}, {out['elapsed']:.1f} s: {n} labels acknowledged, {rate:.1f} labels/s "
+    mode = f"offered {args.rate:g} labels/s" if args.rate > 0 else "no think time (saturation)"
+    print(f"annotators {args.annotators}, {mode}, {out['elapsed']:.1f} s: {n} labels acknowledged, {rate:.1f} labels/s "
           f"(goal >= 100); {out['resent']} resends")
     if n:
         print(f"submit-to-next-pair latency: p50 {np.percentile(lat, 50):.1f} ms, p90 {np.percentile(lat, 90):.1f} ms, "
               f"p99 {np.percentile(lat, 99):.1f} ms, max {lat.max():.1f} ms (goal p99 < 150 ms)")
+        if out["server_ms"]:
+            srv = np.array(out["server_ms"])
+            print(f"  of which inside the server (Server-Timing): p50 {np.percentile(srv, 50):.1f} ms, "
+                  f"p90 {np.percentile(srv, 90):.1f} ms, p99 {np.percentile(srv, 99):.1f} ms")
     print(f"store check after SIGKILL: lost {lost}, duplicated {duplicated}, unacknowledged extras {extra} (in flight at the kill)")
+    if cpu0 is not None and cpu1 is not None and n:
+        print(f"server CPU: {cpu1 - cpu0:.1f} s over the run, {1000 * (cpu1 - cpu0) / n:.2f} ms per label "
+              f"({(cpu1 - cpu0) / out['elapsed']:.2f} cores busy); load generator (same machine): "
+              f"{1000 * (own1 - own0) / n:.2f} ms per label ({(own1 - own0) / out['elapsed']:.2f} cores busy)")
     print(f"server peak RSS: {rss:.0f} MiB" if rss else "server peak RSS: n/a")
+    if out["transport_retries"]:
+        print(f"{len(out['transport_retries'])} requests resent after a dropped connection, first: {out['transport_retries'][0]}")
     if out["errors"]:
         print(f"errors: {len(out['errors'])}, first: {out['errors'][0]}")
     if out["drained"]:

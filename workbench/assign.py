@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import random
+import threading
 import time
 import weakref
 import uuid
@@ -44,6 +45,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from .schema import LABELS
+from .schema import settings as settings_table
 
 if TYPE_CHECKING:
     from .store import Store
@@ -73,7 +75,12 @@ pairs = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.CheckConstraint("gold_label is null or gold_label in ('a', 'b', 'tie', 'both_bad')", name="ck_pair_gold"),
 )
-sa.Index("ix_pairs_pool", pairs.c.active, pairs.c.coverage, pairs.c.n_taken, pairs.c.sort_key)
+# one index per strategy's order, so picking a pair walks an index instead of sorting the pool
+sa.Index("ix_pairs_pool", pairs.c.active, pairs.c.coverage, pairs.c.n_taken, pairs.c.sort_key)  # balanced
+_LATER_INDEXES = (
+    sa.Index("ix_pairs_overlap", pairs.c.active, pairs.c.n_taken.desc(), pairs.c.sort_key),  # overlap
+    sa.Index("ix_pairs_order", pairs.c.active, pairs.c.sort_key),  # random
+)
 sa.Index("ix_pairs_responses", pairs.c.response_a_id, pairs.c.response_b_id)
 
 assignments = sa.Table(
@@ -101,6 +108,8 @@ sa.Index("ix_assign_status_expiry", assignments.c.status, assignments.c.expires_
 sa.Index("ix_assign_comparison", assignments.c.comparison_id)
 
 _READY: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_WRITER_LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
+_WRITER_LOCKS_GUARD = threading.Lock()
 
 
 class AssignmentError(ValueError):
@@ -179,14 +188,31 @@ def ensure_tables(store: "Store") -> None:
     if store in _READY:
         return
     metadata.create_all(store.engine)
+    for index in _LATER_INDEXES:  # added after the tables first shipped: create_all skips existing tables
+        index.create(store.engine, checkfirst=True)
     _READY.add(store)
+
+
+def writer_lock(store: "Store") -> Any:
+    """This process's lock around write transactions on ``store``.
+
+    SQLite lets one writer in at a time; a thread that finds the file locked sleeps in SQLite's
+    busy handler (1, 2, 5, 10 ... 100 ms steps), which under many server threads turns into
+    second-long tails. Queuing this process's writers on a lock first means they wait only as
+    long as the writer ahead of them; other processes still queue through the file lock.
+    """
+    lock = _WRITER_LOCKS.get(store)
+    if lock is None:
+        with _WRITER_LOCKS_GUARD:
+            lock = _WRITER_LOCKS.setdefault(store, threading.RLock())
+    return lock
 
 
 @contextlib.contextmanager
 def _write(store: "Store") -> Iterator[sa.Connection]:
     """One serialized write transaction (BEGIN IMMEDIATE on SQLite, an advisory lock on PostgreSQL)."""
     ensure_tables(store)
-    with store._write() as conn:  # noqa: SLF001 (the store's own transaction contract)
+    with writer_lock(store), store._write() as conn:  # noqa: SLF001 (the store's own transaction contract)
         if store.dialect == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(7265347)"))
         yield conn
@@ -330,11 +356,12 @@ def expire_leases(store_or_conn: Any, now: float | None = None) -> int:
         return _expire(conn, now)
 
 
+_EXPIRED = sa.select(assignments.c.assignment_id, assignments.c.pair_id).where(
+    assignments.c.status == "leased", assignments.c.expires_at < sa.bindparam("now"))
+
+
 def _expire(conn: sa.Connection, now: float) -> int:
-    rows = conn.execute(
-        sa.select(assignments.c.assignment_id, assignments.c.pair_id)
-        .where(assignments.c.status == "leased", assignments.c.expires_at < now)
-    ).all()
+    rows = conn.execute(_EXPIRED, {"now": now}).all()
     if not rows:
         return 0
     ids = [r[0] for r in rows]
@@ -343,16 +370,17 @@ def _expire(conn: sa.Connection, now: float) -> int:
     return len(rows)
 
 
+_BUMP = pairs.update().where(pairs.c.pair_id == sa.bindparam("p")).values(
+    n_taken=pairs.c.n_taken + sa.bindparam("dt"), n_labels=pairs.c.n_labels + sa.bindparam("dl"),
+    coverage=pairs.c.coverage + sa.bindparam("dl"))
+
+
 def _bump(conn: sa.Connection, pair_ids: Sequence[str], *, taken: int = 0, labels: int = 0) -> None:
     counts: dict[str, int] = {}
     for p in pair_ids:
         counts[p] = counts.get(p, 0) + 1
     for p, n in counts.items():
-        conn.execute(
-            pairs.update().where(pairs.c.pair_id == p)
-            .values(n_taken=pairs.c.n_taken + taken * n, n_labels=pairs.c.n_labels + labels * n,
-                    coverage=pairs.c.coverage + labels * n)
-        )
+        conn.execute(_BUMP, {"p": p, "dt": taken * n, "dl": labels * n})
 
 
 def _as_generator(rng: Any) -> random.Random:
@@ -369,11 +397,19 @@ _ASSIGNMENT_COLS = [
 ]
 
 
+_LOAD = (sa.select(*_ASSIGNMENT_COLS).join(pairs, pairs.c.pair_id == assignments.c.pair_id)
+         .where(assignments.c.assignment_id == sa.bindparam("aid")))
+_CURRENT = (
+    sa.select(*_ASSIGNMENT_COLS).join(pairs, pairs.c.pair_id == assignments.c.pair_id)
+    .where(assignments.c.annotator_id == sa.bindparam("who"), assignments.c.status == "leased",
+           assignments.c.expires_at >= sa.bindparam("now"))
+    .order_by(assignments.c.seq.desc()).limit(1)
+)
+_NEXT_SEQ = sa.select(sa.func.max(assignments.c.seq)).where(assignments.c.annotator_id == sa.bindparam("who"))
+
+
 def _load(conn: sa.Connection, assignment_id: str) -> Assignment | None:
-    row = conn.execute(
-        sa.select(*_ASSIGNMENT_COLS).join(pairs, pairs.c.pair_id == assignments.c.pair_id)
-        .where(assignments.c.assignment_id == assignment_id)
-    ).first()
+    row = conn.execute(_LOAD, {"aid": assignment_id}).first()
     return Assignment(*row) if row else None
 
 
@@ -390,25 +426,24 @@ def current_lease(store: "Store", annotator_id: str, now: float | None = None) -
 
 
 def _current(conn: sa.Connection, annotator_id: str, now: float) -> Assignment | None:
-    row = conn.execute(
-        sa.select(*_ASSIGNMENT_COLS).join(pairs, pairs.c.pair_id == assignments.c.pair_id)
-        .where(assignments.c.annotator_id == annotator_id, assignments.c.status == "leased", assignments.c.expires_at >= now)
-        .order_by(assignments.c.seq.desc()).limit(1)
-    ).first()
+    row = conn.execute(_CURRENT, {"who": annotator_id, "now": now}).first()
     return Assignment(*row) if row else None
 
 
 def _next_seq(conn: sa.Connection, annotator_id: str) -> int:
-    n = conn.execute(sa.select(sa.func.max(assignments.c.seq)).where(assignments.c.annotator_id == annotator_id)).scalar()
+    n = conn.execute(_NEXT_SEQ, {"who": annotator_id}).scalar()
     return int(n or 0) + 1
+
+
+_INSERT_ASSIGNMENT = assignments.insert()
 
 
 def _lease(conn: sa.Connection, annotator_id: str, pair_id: str, kind: str, shown_left: str, now: float, lease_seconds: float, repeat_of: str | None = None) -> str:
     assignment_id = uuid.uuid4().hex
-    conn.execute(assignments.insert().values(
+    conn.execute(_INSERT_ASSIGNMENT, dict(
         assignment_id=assignment_id, pair_id=pair_id, annotator_id=annotator_id, kind=kind, shown_left=shown_left,
         status="leased", repeat_of=repeat_of, leased_at=now, expires_at=now + float(lease_seconds),
-        seq=_next_seq(conn, annotator_id),
+        finished_at=None, label=None, comparison_id=None, seq=_next_seq(conn, annotator_id),
     ))
     if kind != "repeat":
         _bump(conn, [pair_id], taken=1)
@@ -425,52 +460,69 @@ def assign_next_pair(
     repeat_rate: float | None = None,
     lease_seconds: float | None = None,
     scorer: Callable[[pl.DataFrame], Any] | None = None,
+    fallback_strategy: str | None = None,
     rng: Any = None,
     now: float | None = None,
     max_candidates: int = 2000,
 ) -> Assignment | None:
     """Lease the annotator's next pair (or return their live lease); ``None`` when nothing is left.
 
-    Arguments left as ``None`` come from the store's saved :class:`AssignConfig`. ``rng`` is a
-    ``random.Random`` or a seed (the left/right side, the gold/repeat draws and random picks).
+    Arguments left as ``None`` come from the store's saved :class:`AssignConfig` (read inside the
+    lease's own transaction). ``rng`` is a ``random.Random`` or a seed (the left/right side, the
+    gold/repeat draws and random picks). ``fallback_strategy`` is used instead of ``active`` when
+    no ``scorer`` is given (otherwise that is an error).
     """
-    saved = load_config(store)
-    cfg = AssignConfig(
-        strategy=saved.strategy if strategy is None else strategy,
-        overlap=saved.overlap if overlap is None else overlap,
-        gold_rate=saved.gold_rate if gold_rate is None else gold_rate,
-        repeat_rate=saved.repeat_rate if repeat_rate is None else repeat_rate,
-        lease_seconds=saved.lease_seconds if lease_seconds is None else lease_seconds,
-    )
-    if cfg.strategy == "active" and scorer is None:
-        raise ValueError("the active strategy needs a scorer: a callable from candidate pairs to P(A>B)")
+    overrides = dict(strategy=strategy, overlap=overlap, gold_rate=gold_rate, repeat_rate=repeat_rate, lease_seconds=lease_seconds)
     gen = _as_generator(rng)
     now = time.time() if now is None else now
     with _write(store) as conn:
-        _expire(conn, now)
-        live = _current(conn, annotator_id, now)
-        if live is not None:
-            return live
-        picked: tuple[str, str, str | None, str | None] | None = None  # pair_id, kind, repeat_of, shown_left
-        if cfg.gold_rate and gen.random() < cfg.gold_rate:
-            picked = _pick_gold(conn, annotator_id, gen)
-        if picked is None and cfg.repeat_rate and gen.random() < cfg.repeat_rate:
-            picked = _pick_repeat(conn, annotator_id, gen)
-        if picked is None:
-            pair_id = _pick_pair(conn, store, annotator_id, cfg, scorer, gen, max_candidates)
-            if pair_id is None:
-                picked = _pick_gold(conn, annotator_id, gen) if cfg.gold_rate else None
-            else:
-                picked = (pair_id, "pair", None, None)
-        if picked is None:
-            return None
-        pair_id, kind, repeat_of, side = picked
-        shown_left = side or gen.choice("ab")
-        assignment_id = _lease(conn, annotator_id, pair_id, kind, shown_left, now, cfg.lease_seconds, repeat_of)
-        return _load(conn, assignment_id)
+        return _assign_in(conn, store, annotator_id, overrides, scorer, fallback_strategy, gen, now, max_candidates)
 
 
-def _not_seen_by(annotator_id: str) -> Any:
+_CONFIG = sa.select(settings_table.c.value).where(settings_table.c.key == sa.bindparam("key"))
+
+
+def _config_in(conn: sa.Connection, overrides: dict[str, Any]) -> AssignConfig:
+    import json
+
+    raw = conn.execute(_CONFIG, {"key": SETTINGS_KEY}).scalar()
+    saved = dict(json.loads(raw)) if raw else {}
+    saved.update({k: v for k, v in overrides.items() if v is not None})
+    return AssignConfig.from_dict(saved)
+
+
+def _assign_in(conn: sa.Connection, store: "Store", annotator_id: str, overrides: dict[str, Any], scorer: Any,
+               fallback_strategy: str | None, gen: random.Random, now: float, max_candidates: int) -> Assignment | None:
+    cfg = _config_in(conn, overrides)
+    if cfg.strategy == "active" and scorer is None:
+        if fallback_strategy is None:
+            raise ValueError("the active strategy needs a scorer: a callable from candidate pairs to P(A>B)")
+        cfg.strategy = fallback_strategy
+        AssignConfig.from_dict(cfg.to_dict())  # validate the fallback
+    _expire(conn, now)
+    live = _current(conn, annotator_id, now)
+    if live is not None:
+        return live
+    picked: tuple[str, str, str | None, str | None] | None = None  # pair_id, kind, repeat_of, shown_left
+    if cfg.gold_rate and gen.random() < cfg.gold_rate:
+        picked = _pick_gold(conn, annotator_id, gen)
+    if picked is None and cfg.repeat_rate and gen.random() < cfg.repeat_rate:
+        picked = _pick_repeat(conn, annotator_id, gen)
+    if picked is None:
+        pair_id = _pick_pair(conn, store, annotator_id, cfg, scorer, gen, max_candidates)
+        if pair_id is None:
+            picked = _pick_gold(conn, annotator_id, gen) if cfg.gold_rate else None
+        else:
+            picked = (pair_id, "pair", None, None)
+    if picked is None:
+        return None
+    pair_id, kind, repeat_of, side = picked
+    shown_left = side or gen.choice("ab")
+    assignment_id = _lease(conn, annotator_id, pair_id, kind, shown_left, now, cfg.lease_seconds, repeat_of)
+    return _load(conn, assignment_id)
+
+
+def _not_seen_by(annotator_id: Any) -> Any:
     mine = sa.select(assignments.c.pair_id).where(
         assignments.c.annotator_id == annotator_id,
         assignments.c.pair_id == pairs.c.pair_id,
@@ -479,26 +531,40 @@ def _not_seen_by(annotator_id: str) -> Any:
     return ~sa.exists(mine)
 
 
+# The pool's candidates for one annotator, built once (bound: who, overlap). Each strategy's
+# order matches an index, so a pick walks the index from its start and stops at the first
+# eligible pair instead of scanning and sorting the pool.
+# (``n_taken + 0``: an expression, not the column, so that once ANALYZE has run SQLite does not
+# skip-scan ix_pairs_pool on the n_taken range and sort what it finds, instead of walking it.)
+_ELIGIBLE = sa.select(pairs.c.pair_id).where(
+    pairs.c.active.is_(True), pairs.c.gold_label.is_(None), (pairs.c.n_taken + 0) < sa.bindparam("overlap"),
+    _not_seen_by(sa.bindparam("who")),
+)
+_PICK_BALANCED = _ELIGIBLE.order_by(pairs.c.coverage, pairs.c.n_taken, pairs.c.sort_key).limit(1)
+_PICK_OVERLAP = _ELIGIBLE.order_by(pairs.c.n_taken.desc(), pairs.c.sort_key).limit(1)
+_PICK_RANDOM_FROM = _ELIGIBLE.where(pairs.c.sort_key >= sa.bindparam("start")).order_by(pairs.c.sort_key).limit(1)
+_SORT_KEY_RANGE = 16**7  # _sort_key takes 7 hex digits
+
+
 def _pick_pair(conn: sa.Connection, store: "Store", annotator_id: str, cfg: AssignConfig, scorer: Any, gen: random.Random, max_candidates: int) -> str | None:
-    base = sa.select(pairs.c.pair_id).where(
-        pairs.c.active.is_(True), pairs.c.gold_label.is_(None), pairs.c.n_taken < cfg.overlap, _not_seen_by(annotator_id)
-    )
-    coverage = pairs.c.coverage
+    params = {"who": annotator_id, "overlap": cfg.overlap}
     if cfg.strategy == "random":
-        n = conn.execute(sa.select(sa.func.count()).select_from(base.subquery())).scalar_one()
-        if not n:
-            return None
-        return conn.execute(base.order_by(pairs.c.sort_key).offset(gen.randrange(n)).limit(1)).scalar()
+        # a uniformly random point on the pool's fixed random order, then the first eligible pair
+        # from there (wrapping around): one index walk instead of counting the pool
+        start = gen.randrange(_SORT_KEY_RANGE)
+        got = conn.execute(_PICK_RANDOM_FROM, {**params, "start": start}).scalar()
+        return got if got is not None else conn.execute(_PICK_RANDOM_FROM, {**params, "start": 0}).scalar()
     if cfg.strategy == "balanced":
         # least-covered first, then least held, then the pool's fixed random order (walks the index)
-        return conn.execute(base.order_by(coverage, pairs.c.n_taken, pairs.c.sort_key).limit(1)).scalar()
+        return conn.execute(_PICK_BALANCED, params).scalar()
     if cfg.strategy == "overlap":
         # pairs that other annotators already hold or labelled first, to complete overlap sets
-        return conn.execute(base.order_by(pairs.c.n_taken.desc(), pairs.c.sort_key).limit(1)).scalar()
+        return conn.execute(_PICK_OVERLAP, params).scalar()
     # active
     cands = conn.execute(
         sa.select(pairs.c.pair_id, pairs.c.prompt_id, pairs.c.response_a_id, pairs.c.response_b_id)
-        .where(pairs.c.pair_id.in_(base.order_by(coverage, pairs.c.sort_key).limit(max_candidates).scalar_subquery()))
+        .where(pairs.c.pair_id.in_(_ELIGIBLE.order_by(pairs.c.coverage, pairs.c.sort_key).limit(max_candidates).scalar_subquery())),
+        params,
     ).all()
     if not cands:
         return None
@@ -607,6 +673,33 @@ def record_label(store: "Store", assignment_id: str, annotator_id: str, choice: 
     :func:`reconcile` finishes the bookkeeping. Returns the assignment and the store's receipt.
     """
     now = time.time() if now is None else now
+    a, label, receipt = _add_label(store, assignment_id, annotator_id, choice, strength, rationale, now)
+    with _write(store) as conn:
+        _mark_labelled_in(conn, a, label, receipt.comparison_id, now)
+    return a, receipt
+
+
+def record_label_and_next(
+    store: "Store", assignment_id: str, annotator_id: str, choice: str, *, strength: float | None = None,
+    rationale: str | None = None, scorer: Callable[[pl.DataFrame], Any] | None = None,
+    fallback_strategy: str | None = None, rng: Any = None, now: float | None = None, max_candidates: int = 2000,
+) -> tuple[Assignment, Any, Assignment | None]:
+    """:func:`record_label`, then :func:`assign_next_pair` with the saved config, in two transactions.
+
+    The label is committed first (as in :func:`record_label`); marking the lease labelled and
+    leasing the next pair share the second transaction. Returns the labelled assignment, the
+    store's receipt and the next lease (``None`` when the annotator's queue is empty).
+    """
+    now = time.time() if now is None else now
+    a, label, receipt = _add_label(store, assignment_id, annotator_id, choice, strength, rationale, now)
+    with _write(store) as conn:
+        _mark_labelled_in(conn, a, label, receipt.comparison_id, now)
+        nxt = _assign_in(conn, store, annotator_id, {}, scorer, fallback_strategy, _as_generator(rng), now, max_candidates)
+    return a, receipt, nxt
+
+
+def _add_label(store: "Store", assignment_id: str, annotator_id: str, choice: str, strength: float | None,
+               rationale: str | None, now: float) -> tuple[Assignment, str, Any]:
     a = get_assignment(store, assignment_id)
     if a is None or a.annotator_id != annotator_id:
         raise AssignmentError(f"unknown assignment {assignment_id!r} for annotator {annotator_id!r}")
@@ -616,24 +709,32 @@ def record_label(store: "Store", assignment_id: str, annotator_id: str, choice: 
     if a.status == "labelled" and a.label != label:
         raise AssignmentError(f"this assignment is already labelled ({a.label}); undo it to change the label")
     duration_ms = int(max(0.0, min(now - a.leased_at, 86400.0)) * 1000)
-    receipt = store.add_label(
-        a.prompt_id, a.response_a_id, a.response_b_id, label, annotator_id, strength=strength,
-        shown_left=a.shown_left, source="human", rationale=rationale or None, duration_ms=duration_ms,
-        client_token=a.client_token,
-    )
-    _mark_labelled(store, a, label, receipt.comparison_id, now)
-    return a, receipt
+    with writer_lock(store):
+        receipt = store.add_label(
+            a.prompt_id, a.response_a_id, a.response_b_id, label, annotator_id, strength=strength,
+            shown_left=a.shown_left, source="human", rationale=rationale or None, duration_ms=duration_ms,
+            client_token=a.client_token,
+        )
+    return a, label, receipt
+
+
+_STATUS = sa.select(assignments.c.status).where(assignments.c.assignment_id == sa.bindparam("aid"))
+_MARK_LABELLED = assignments.update().where(assignments.c.assignment_id == sa.bindparam("aid")).values(
+    status="labelled", label=sa.bindparam("label"), comparison_id=sa.bindparam("cid"), finished_at=sa.bindparam("now"))
 
 
 def _mark_labelled(store: "Store", a: Assignment, label: str, comparison_id: str, now: float) -> None:
     with _write(store) as conn:
-        prev = conn.execute(sa.select(assignments.c.status).where(assignments.c.assignment_id == a.assignment_id)).scalar()
-        if prev in ("labelled", "undone"):
-            return
-        conn.execute(assignments.update().where(assignments.c.assignment_id == a.assignment_id).values(
-            status="labelled", label=label, comparison_id=comparison_id, finished_at=now))
-        if a.kind != "repeat":
-            _bump(conn, [a.pair_id], taken=0 if prev == "leased" else 1, labels=1)
+        _mark_labelled_in(conn, a, label, comparison_id, now)
+
+
+def _mark_labelled_in(conn: sa.Connection, a: Assignment, label: str, comparison_id: str, now: float) -> None:
+    prev = conn.execute(_STATUS, {"aid": a.assignment_id}).scalar()
+    if prev in ("labelled", "undone"):
+        return
+    conn.execute(_MARK_LABELLED, {"aid": a.assignment_id, "label": label, "cid": comparison_id, "now": now})
+    if a.kind != "repeat":
+        _bump(conn, [a.pair_id], taken=0 if prev == "leased" else 1, labels=1)
 
 
 def skip(store: "Store", assignment_id: str, annotator_id: str, now: float | None = None) -> bool:
@@ -659,7 +760,8 @@ def undo_last(store: "Store", annotator_id: str, *, client_token: str, lease_sec
     undo (same ``client_token``) changes nothing.
     """
     now = time.time() if now is None else now
-    receipt = store.undo_last(annotator_id, client_token=client_token)
+    with writer_lock(store):
+        receipt = store.undo_last(annotator_id, client_token=client_token)
     if receipt is None or not receipt.created:
         return receipt, None
     lease = float(lease_seconds if lease_seconds is not None else load_config(store).lease_seconds)
@@ -715,30 +817,20 @@ def assignments_frame(store: "Store", annotator_id: str | None = None) -> pl.Dat
     return pl.DataFrame([tuple(r) for r in rows], schema=schema, orient="row")
 
 
-def gold_scores(store: "Store") -> pl.DataFrame:
-    """Gold accuracy per annotator: ``annotator_id, n_gold, n_correct, accuracy``."""
-    f = assignments_frame(store).filter((pl.col("kind") == "gold") & (pl.col("status") == "labelled"))
-    return (
-        f.group_by("annotator_id")
-        .agg(pl.len().alias("n_gold"), (pl.col("label") == pl.col("gold_label")).sum().alias("n_correct"))
-        .with_columns((pl.col("n_correct") / pl.col("n_gold")).alias("accuracy"))
-        .sort("annotator_id")
-    )
+def gold_reference(store: "Store") -> pl.DataFrame:
+    """The known answers of the pool's gold pairs: ``pair_id, prompt_id, response_a_id, response_b_id, label``.
 
-
-def repeat_consistency(store: "Store") -> pl.DataFrame:
-    """Self-consistency per annotator on swapped-side repeats: ``annotator_id, n_repeats, n_same, consistency``."""
-    f = assignments_frame(store)
-    done = f.filter(pl.col("status") == "labelled")
-    rep = done.filter(pl.col("kind") == "repeat").select("annotator_id", "repeat_of", pl.col("label").alias("label_repeat"))
-    orig = done.select(pl.col("assignment_id").alias("repeat_of"), pl.col("label").alias("label_first"))
-    j = rep.join(orig, on="repeat_of", how="inner")
-    return (
-        j.group_by("annotator_id")
-        .agg(pl.len().alias("n_repeats"), (pl.col("label_repeat") == pl.col("label_first")).sum().alias("n_same"))
-        .with_columns((pl.col("n_same") / pl.col("n_repeats")).alias("consistency"))
-        .sort("annotator_id")
-    )
+    Score annotators on them with ``workbench.diagnostics.noise.gold_accuracy(labels,
+    reference=gold_reference(store))``; self-consistency on swapped-side repeats is
+    ``noise.self_consistency(labels)``.
+    """
+    with _read(store) as conn:
+        rows = conn.execute(
+            sa.select(pairs.c.pair_id, pairs.c.prompt_id, pairs.c.response_a_id, pairs.c.response_b_id, pairs.c.gold_label)
+            .where(pairs.c.gold_label.is_not(None)).order_by(pairs.c.sort_key)
+        ).all()
+    schema = {"pair_id": pl.String, "prompt_id": pl.String, "response_a_id": pl.String, "response_b_id": pl.String, "label": pl.String}
+    return pl.DataFrame([tuple(r) for r in rows], schema=schema, orient="row")
 
 
 def progress(store: "Store", annotator_id: str, now: float | None = None) -> dict[str, int]:

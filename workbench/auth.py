@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from .schema import ROLES
+from .schema import ROLES, annotators
 
 if TYPE_CHECKING:
     from .store import Store
@@ -177,10 +177,22 @@ def session_account(store: "Store", token: str) -> Account:
         raise AuthError("not logged in")
     _ensure(store)
     with store._read() as conn:  # noqa: SLF001
-        row = conn.execute(sa.select(sessions.c.annotator_id, sessions.c.expires_at).where(sessions.c.token_hash == _token_hash(token))).first()
+        row = conn.execute(_SESSION_ACCOUNT, {"token_hash": _token_hash(token)}).first()
     if row is None or row[1] < time.time():
         raise AuthError("not logged in (unknown or expired session)")
-    return account(store, row[0])
+    _, _, annotator_id, name, secret_hash, active, role = row
+    if annotator_id is None or not active or not secret_hash:
+        raise AuthError("this account does not exist or is disabled")
+    return Account(annotator_id, name, role)
+
+
+# One query per request: the session and its account (role and active flag read on every call).
+_SESSION_ACCOUNT = (
+    sa.select(sessions.c.annotator_id, sessions.c.expires_at, annotators.c.annotator_id, annotators.c.name,
+              annotators.c.secret_hash, annotators.c.active, annotators.c.role)
+    .select_from(sessions.outerjoin(annotators, annotators.c.annotator_id == sessions.c.annotator_id))
+    .where(sessions.c.token_hash == sa.bindparam("token_hash"))
+)
 
 
 def end_session(store: "Store", token: str) -> None:

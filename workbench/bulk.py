@@ -7,10 +7,11 @@ and one ``INSERT ... SELECT`` per table, ``COPY`` on PostgreSQL), with a DBAPI f
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import polars as pl
 import sqlalchemy as sa
@@ -59,7 +60,7 @@ def prepare_comparisons(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame
         .otherwise(pl.lit("text\x1e") + pl.col("prompt").fill_null(""))
         .alias("_pkey")
     )
-    pkeys = pkeys.with_columns(pl.Series("prompt_id", ids.digest_keys(pkeys["_pkey"].to_list(), "p"), dtype=pl.String)).drop("_pkey")
+    pkeys = pkeys.with_columns(ids.digest_series(pkeys["_pkey"], "p").alias("prompt_id")).drop("_pkey")
     frame = frame.join(pkeys, on=["prompt", "prompt_messages"], how="left", nulls_equal=True, maintain_order="left")
 
     frame = _attach_response_ids(frame)
@@ -73,8 +74,7 @@ def prepare_comparisons(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame
     base = pl.concat_str([pl.col(c).cast(pl.String).fill_null("") for c in parts], separator=sep)
     frame = frame.with_columns(base.alias("_tkey"))
     frame = frame.with_columns(pl.col("_tkey") + sep + pl.int_range(pl.len()).over("_tkey").cast(pl.String))
-    digests = ids.digest_keys(frame.get_column("_tkey").to_list())
-    frame = frame.with_columns(pl.Series("_digest", digests, dtype=pl.String)).drop("_tkey")
+    frame = frame.with_columns(ids.digest_series(frame.get_column("_tkey")).alias("_digest")).drop("_tkey")
     given = frame.get_column("client_token")
     if given.null_count() < frame.height:
         tokens = given.drop_nulls().unique()
@@ -97,38 +97,56 @@ def prepare_comparisons(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame
 def _attach_response_ids(frame: pl.DataFrame) -> pl.DataFrame:
     """Add ``response_a_id``/``response_b_id``: hash(prompt id, model, text), once per distinct triple.
 
-    Distinct triples are found on a 64-bit in-process hash of the text (cheap on long texts);
-    the join back is checked text by text, and on the rare hash collision the exact (slower)
-    join on the texts themselves is used, so ids never depend on the transient hash.
+    Distinct triples are found on one 64-bit in-process hash of (prompt id, model, text) (cheap
+    on long texts, and a join on one integer column); the join back is checked field by field,
+    and on the rare hash collision the exact (slower) join on the values themselves is used, so
+    ids never depend on the transient hash.
     """
+    fast = _response_ids_by_hash(frame)
+    return fast if fast is not None else _response_ids_exact(frame)
+
+
+def _triple(s: str) -> list[pl.Expr]:
+    return [pl.col("prompt_id"), pl.col(f"model_{s}").alias("model"), pl.col(f"response_{s}").alias("text")]
+
+
+def _with_response_digests(triples: pl.DataFrame) -> pl.DataFrame:
     sep = ids.SEP
+    keys = triples.select(pl.col("prompt_id") + sep + pl.col("model").fill_null("") + sep + pl.col("text").fill_null(""))
+    return triples.with_columns(ids.digest_series(keys.to_series(), "r").alias("_rid"))
 
-    def sides(h: bool) -> pl.DataFrame:
-        cols = lambda s: [pl.col("prompt_id"), pl.col(f"model_{s}").alias("model"), pl.col(f"response_{s}").alias("text")]  # noqa: E731
-        extra = lambda s: [pl.col(f"response_{s}").hash(seed=1).alias("_h")] if h else []  # noqa: E731
-        return pl.concat([frame.select(cols(s) + extra(s)) for s in ("a", "b")])
 
-    for hashed in (True, False):
-        on = ["prompt_id", "model", "_h"] if hashed else ["prompt_id", "model", "text"]
-        triples = sides(hashed).unique(subset=on, keep="first")
-        keys = triples.select(pl.col("prompt_id") + sep + pl.col("model").fill_null("") + sep + pl.col("text").fill_null(""))
-        triples = triples.with_columns(pl.Series("_rid", ids.digest_keys(keys.to_series().to_list(), "r"), dtype=pl.String))
-        out = frame
-        for s in ("a", "b"):
-            if hashed:
-                out = out.with_columns(pl.col(f"response_{s}").hash(seed=1).alias("_h"))
-                right = triples.rename({"model": f"model_{s}", "text": "_text", "_rid": f"response_{s}_id"})
-                out = out.join(right, on=["prompt_id", f"model_{s}", "_h"], how="left", nulls_equal=True, maintain_order="left")
-            else:
-                right = triples.rename({"model": f"model_{s}", "text": f"response_{s}", "_rid": f"response_{s}_id"})
-                out = out.join(right, on=["prompt_id", f"model_{s}", f"response_{s}"], how="left", nulls_equal=True, maintain_order="left")
-            if hashed:
-                if not out.select(pl.col("_text").eq_missing(pl.col(f"response_{s}")).all()).item():
-                    break  # a 64-bit collision: redo with the exact join
-                out = out.drop("_h", "_text")
-        else:
-            return out
-    raise AssertionError("unreachable")  # pragma: no cover
+def _response_ids_by_hash(frame: pl.DataFrame) -> pl.DataFrame | None:
+    """The ids through a 64-bit hash of each triple; ``None`` if two triples share a hash."""
+    key = lambda s: pl.struct(_triple(s)).hash(seed=1).alias(f"_h{s}")  # noqa: E731
+    out = frame.with_columns(key("a"), key("b"))
+    triples = pl.concat([out.select(*_triple(s), pl.col(f"_h{s}").alias("_h")) for s in ("a", "b")]).unique(subset="_h", keep="first")
+    triples = _with_response_digests(triples)
+    for s in ("a", "b"):
+        right = triples.select(
+            pl.col("_h").alias(f"_h{s}"), pl.col("_rid").alias(f"response_{s}_id"),
+            pl.col("prompt_id").alias("_tp"), pl.col("model").alias("_tm"), pl.col("text").alias("_tt"),
+        )
+        out = out.join(right, on=f"_h{s}", how="left", maintain_order="left")
+        same = (
+            pl.col("_tp").eq_missing(pl.col("prompt_id"))
+            & pl.col("_tm").eq_missing(pl.col(f"model_{s}"))
+            & pl.col("_tt").eq_missing(pl.col(f"response_{s}"))
+        ).all()
+        if not out.select(same).item():
+            return None  # a 64-bit collision: the caller redoes it with the exact join
+        out = out.drop(f"_h{s}", "_tp", "_tm", "_tt")
+    return out
+
+
+def _response_ids_exact(frame: pl.DataFrame) -> pl.DataFrame:
+    triples = pl.concat([frame.select(_triple(s)) for s in ("a", "b")]).unique(subset=["prompt_id", "model", "text"], keep="first")
+    triples = _with_response_digests(triples)
+    out = frame
+    for s in ("a", "b"):
+        right = triples.rename({"model": f"model_{s}", "text": f"response_{s}", "_rid": f"response_{s}_id"})
+        out = out.join(right, on=["prompt_id", f"model_{s}", f"response_{s}"], how="left", nulls_equal=True, maintain_order="left")
+    return out
 
 
 # ---------------------------------------------------------------------------- transactions
@@ -146,7 +164,7 @@ class ArrowTransaction:
     through its DBAPI driver; SQLite results are read as JSON lines parsed by polars.
     """
 
-    def __init__(self, store: "Store", write: bool):
+    def __init__(self, store: "Store", write: bool, check_references: bool = True):
         self.store, self.write = store, write
         self.dialect = store.dialect
         self._n_tmp = 0
@@ -156,7 +174,12 @@ class ArrowTransaction:
             self._adbc = _adbc_connect(store, write)
             self._cur = self._adbc.cursor()
         else:
-            self._sa_ctx = store._write() if write else store._read()
+            if write and not check_references and self.dialect == "sqlite":
+                self._sa_ctx = _sqlite_write_without_fk_checks(store)
+            elif write:
+                self._sa_ctx = store._write()
+            else:
+                self._sa_ctx = store._read()
             self._conn = self._sa_ctx.__enter__()
             self._cur = self._conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
 
@@ -217,7 +240,7 @@ class ArrowTransaction:
             out = pl.from_arrow(self._cur.fetch_arrow_table())
             assert isinstance(out, pl.DataFrame)
         elif self.dialect == "sqlite" and schema:
-            out = self._sqlite_json_frame(sql, params, list(schema))
+            out = self._sqlite_json_frame(sql, params, schema)
         else:
             self._cur.execute(sql, tuple(params)) if params else self._cur.execute(sql)
             names = [d[0] for d in self._cur.description]
@@ -227,14 +250,18 @@ class ArrowTransaction:
             out = out.select([_cast(out[name], dtype) for name, dtype in schema.items()])
         return out
 
-    def _sqlite_json_frame(self, sql: str, params: Sequence[Any], names: list[str]) -> pl.DataFrame:
+    def _sqlite_json_frame(self, sql: str, params: Sequence[Any], schema: dict[str, Any]) -> pl.DataFrame:
         """Read through SQLite's JSON functions: one text per row, parsed by polars in bulk.
 
         Python's ``sqlite3`` makes a Python object of every value; asking SQLite for one JSON
         object per row and parsing the lines with ``pl.read_ndjson`` is several times faster
-        on large results (and needs no second SQLite library in the process).
+        on large results (and needs no second SQLite library in the process). The keys are
+        short (``c0``, ``c1``, ...) and the parse is given the types SQLite returns (text for
+        timestamps, integers for booleans), so polars does not scan the text to infer them.
         """
-        obj = "json_object(" + ", ".join(f"'{n}', q.{n}" for n in names) + ")"
+        names = list(schema)
+        keys = [f"c{i}" for i in range(len(names))]
+        obj = "json_object(" + ", ".join(f"'{k}', q.{n}" for k, n in zip(keys, names)) + ")"
         self._cur.execute(f"SELECT {obj} FROM ({sql}) q", tuple(params))
         chunks = []
         while True:
@@ -245,13 +272,20 @@ class ArrowTransaction:
         if not chunks:
             return pl.DataFrame({n: [] for n in names})
         text = "\n".join(chunks).encode("utf-8", "surrogatepass")
-        return pl.read_ndjson(io.BytesIO(text), infer_schema_length=None)
+        del chunks
+        raw = {k: _sqlite_json_type(schema[n]) for k, n in zip(keys, names)}
+        try:
+            out = pl.read_ndjson(io.BytesIO(text), schema=raw)
+        except pl.exceptions.PolarsError:  # a value of an unexpected type: let polars infer
+            out = pl.read_ndjson(io.BytesIO(text), infer_schema_length=None)
+        return out.rename(dict(zip(keys, names)))
 
-    def temp_table(self, frame: pl.DataFrame) -> str:
+    def temp_table(self, frame: pl.DataFrame, converted: bool = False) -> str:
         """Load a frame into a new temporary table (dropped at the end of the connection)."""
         self._n_tmp += 1
         name = f"_wb_tmp_{self._n_tmp}"
-        frame = self._for_db(frame)
+        if not converted:
+            frame = self._for_db(frame)
         if self._adbc is not None:
             self._cur.adbc_ingest(name, frame.to_arrow(compat_level=pl.CompatLevel.oldest()), mode="create", temporary=True)
             return name
@@ -268,13 +302,35 @@ class ArrowTransaction:
         return name
 
     def insert_ignore(self, table: sa.Table, frame: pl.DataFrame) -> int:
-        """Insert the frame's rows, skipping those whose key is already there; returns how many were new."""
+        """Insert the frame's rows, skipping those whose key is already there; returns how many were new.
+
+        On SQLite a column that holds one value in every row (an import's ``kind``,
+        ``import_id``, ``source``, often ``created_at``) is not copied row by row: it goes into the
+        ``INSERT ... SELECT`` as one bound value. A parent table (prompts, responses, annotators)
+        skips only rows whose key is already there (``ON CONFLICT DO NOTHING``), so a row that
+        breaks a ``NOT NULL`` or ``CHECK`` constraint raises instead of vanishing: after the
+        insert, every key of the frame is in the table, which is what lets the import run with
+        foreign-key checks off (see :func:`_sqlite_write_without_fk_checks`). ``label_events``
+        keeps ``INSERT OR IGNORE``.
+        """
         if frame.height == 0:
             return 0
+        if self.dialect == "sqlite":
+            db_frame = self._for_db(frame)
+            consts = _constant_columns(db_frame) if db_frame.height > 1 else {}
+            rest = [c for c in db_frame.columns if c not in consts]
+            if not rest:  # keep one column in the temporary table, for the row count
+                rest = [db_frame.columns[0]]
+                consts.pop(rest[0])
+            tmp = self.temp_table(db_frame.select(rest), converted=True)
+            cols = ", ".join(rest + list(consts))
+            select = ", ".join(rest + ["?"] * len(consts))
+            params = list(consts.values())
+            if table.name == "label_events":
+                return self.execute(f"INSERT OR IGNORE INTO {table.name} ({cols}) SELECT {select} FROM temp.{tmp}", params)
+            return self.execute(f"INSERT INTO {table.name} ({cols}) SELECT {select} FROM temp.{tmp} WHERE true ON CONFLICT DO NOTHING", params)
         tmp = self.temp_table(frame)
         cols = ", ".join(frame.columns)
-        if self.dialect == "sqlite":
-            return self.execute(f"INSERT OR IGNORE INTO {table.name} ({cols}) SELECT {cols} FROM temp.{tmp}")
         return self.execute(f"INSERT INTO {table.name} ({cols}) SELECT {cols} FROM {tmp} ON CONFLICT DO NOTHING")
 
     def _for_db(self, frame: pl.DataFrame) -> pl.DataFrame:
@@ -286,6 +342,67 @@ class ArrowTransaction:
              for c, t in frame.schema.items() if isinstance(t, pl.Datetime)]
             + [pl.col(c).cast(pl.Int8) for c, t in frame.schema.items() if t == pl.Boolean]
         )
+
+
+def _constant_columns(frame: pl.DataFrame) -> dict[str, Any]:
+    """The columns that hold one value (or only nulls) in every row, with that value."""
+    out: dict[str, Any] = {}
+    for col in frame.get_columns():
+        nulls = col.null_count()
+        if nulls == len(col):
+            out[col.name] = None
+        elif nulls == 0 and col.dtype in (pl.String, pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.Float64):
+            first = col[0]
+            if (col == first).all():
+                out[col.name] = first
+    return out
+
+
+BULK_CACHE_KIB = 256 * 1024  # SQLite page cache of a bulk write's connection, while it runs
+
+
+@contextlib.contextmanager
+def _sqlite_write_without_fk_checks(store: "Store") -> Iterator[sa.Connection]:
+    """A SQLite write transaction (``BEGIN IMMEDIATE``) with foreign-key checks off.
+
+    For the bulk writes only, where every reference is there by construction: the prompts,
+    responses and annotators that the label events name are derived from the same frame and
+    inserted first, in the same transaction, with ``ON CONFLICT DO NOTHING`` (so each key is in
+    its table afterwards, new or not). Checking the foreign keys again costs four index look-ups
+    per label, about a third of the import. ``PRAGMA foreign_keys`` only takes effect outside a
+    transaction, so it is switched off before ``BEGIN`` and back on after the end; a connection
+    on which that fails is discarded, never returned to the pool.
+    """
+    conn = store.engine.connect().execution_options(wb_write=True)
+    raw = conn.connection.driver_connection
+    cache_size = -2000  # SQLite's default, in case reading the setting fails
+    try:
+        cache_size = raw.execute("PRAGMA cache_size").fetchone()[0]
+        raw.execute("PRAGMA foreign_keys = OFF")
+        raw.execute("PRAGMA temp_store = MEMORY")  # the staging tables: no temp file to write and drop
+        raw.execute(f"PRAGMA cache_size = {-BULK_CACHE_KIB}")  # index pages stay cached during the import
+        with conn.begin():
+            yield conn
+    finally:
+        try:
+            raw.execute(f"PRAGMA cache_size = {int(cache_size)}")
+            raw.execute("PRAGMA temp_store = DEFAULT")
+            raw.execute("PRAGMA foreign_keys = ON")
+            ok = raw.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        except Exception:  # noqa: BLE001
+            ok = False
+        if not ok:
+            conn.invalidate()
+        conn.close()
+
+
+def _sqlite_json_type(dtype: Any) -> Any:
+    """The type SQLite's ``json_object`` gives a column stored for ``dtype``."""
+    if dtype in (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt32, pl.Boolean):
+        return pl.Int64
+    if dtype in (pl.Float32, pl.Float64):
+        return pl.Float64
+    return pl.String
 
 
 def _cast(col: pl.Series, dtype: Any) -> pl.Series:
@@ -347,9 +464,13 @@ def _adbc_connect(store: "Store", write: bool) -> Any:
     return adbc_pg.connect(url.render_as_string(hide_password=False), autocommit=True)
 
 
-def transaction(store: "Store", write: bool = True) -> ArrowTransaction:
-    """``with transaction(store) as tx:`` one write (or read) transaction for whole frames."""
-    return ArrowTransaction(store, write)
+def transaction(store: "Store", write: bool = True, check_references: bool = True) -> ArrowTransaction:
+    """``with transaction(store) as tx:`` one write (or read) transaction for whole frames.
+
+    ``check_references=False`` (bulk writes whose references hold by construction) runs a
+    SQLite write with foreign-key checks off; see :func:`_sqlite_write_without_fk_checks`.
+    """
+    return ArrowTransaction(store, write, check_references)
 
 
 # ---------------------------------------------------------------------------- writes
@@ -361,7 +482,7 @@ def import_tables(frame: pl.DataFrame, import_id: str) -> dict[str, pl.DataFrame
     frame = frame.with_columns(pl.col("created_at").fill_null(now))
     prompts = (
         frame.select("prompt_id", "prompt", "prompt_messages", "category", "created_at")
-        .unique(subset="prompt_id", keep="first", maintain_order=True)
+        .unique(subset="prompt_id", keep="first")  # sorted below
         .select(
             "prompt_id",
             pl.when(pl.col("prompt_messages").is_null()).then(pl.lit("text")).otherwise(pl.lit("messages")).alias("kind"),
@@ -375,7 +496,7 @@ def import_tables(frame: pl.DataFrame, import_id: str) -> dict[str, pl.DataFrame
     responses = pl.concat([
         frame.select(pl.col(f"response_{s}_id").alias("response_id"), "prompt_id", pl.col(f"response_{s}").alias("text"), pl.col(f"model_{s}").alias("model"), "created_at")
         for s in ("a", "b")
-    ]).unique(subset="response_id", keep="first", maintain_order=True).with_columns(pl.lit(None, dtype=pl.String).alias("metadata"))
+    ]).unique(subset="response_id", keep="first").with_columns(pl.lit(None, dtype=pl.String).alias("metadata"))  # sorted below
     # Rows go in key order: the B-tree indexes then grow at their ends instead of at random
     # places (twice as fast on SQLite). Event ids within one import follow comparison ids.
     responses = responses.sort("response_id")

@@ -132,6 +132,12 @@ class InvalidRows(ValueError):
         )
 
 
+def _blank(c: pl.Expr) -> pl.Expr:
+    """Empty or only whitespace: no non-whitespace character (``\\S`` is Unicode-aware, as
+    ``str.strip_chars`` is; this stops at the first such character and copies no text)."""
+    return ~c.str.contains(r"\S")
+
+
 def _text_problems(col: str, required: bool) -> list[tuple[pl.Expr, str]]:
     c = pl.col(col)
     checks = [
@@ -139,7 +145,7 @@ def _text_problems(col: str, required: bool) -> list[tuple[pl.Expr, str]]:
         (c.is_not_null() & c.str.contains("\x00", literal=True), "contains a NUL character"),
     ]
     if required:
-        checks.insert(0, (c.is_null() | (c.str.strip_chars().str.len_chars() == 0), "empty text"))
+        checks.insert(0, (c.is_null() | _blank(c), "empty text"))
     return checks
 
 
@@ -154,7 +160,7 @@ def find_invalid(frame: pl.DataFrame, *, allow_empty_responses: bool = False) ->
     checks.append(
         (
             "prompt",
-            ~has_messages & (pl.col("prompt").is_null() | (pl.col("prompt").str.strip_chars() == "")),
+            ~has_messages & (pl.col("prompt").is_null() | _blank(pl.col("prompt"))),
             "empty text",
         )
     )
@@ -189,11 +195,24 @@ def find_invalid(frame: pl.DataFrame, *, allow_empty_responses: bool = False) ->
         ("duration_ms", pl.col("duration_ms").is_not_null() & (pl.col("duration_ms") < 0), "duration_ms must be >= 0"),
         ("client_token", pl.col("client_token").is_not_null() & (pl.col("client_token").str.len_chars() > MAX_NAME_CHARS), f"longer than {MAX_NAME_CHARS} characters"),
     ]
-    parts = []
-    for field, expr, reason in checks:
-        bad = frame.filter(expr.fill_null(False)).select("line")
-        if bad.height:
-            parts.append(bad.with_columns(pl.lit(field).alias("field"), pl.lit(reason).alias("reason")))
-    if not parts:
+    # One pass: per row, the index of the first check it fails (checks are in priority order).
+    first_failed = pl.when(checks[0][1].fill_null(False)).then(pl.lit(0, dtype=pl.Int32))
+    for i, (_, expr, _) in enumerate(checks[1:], start=1):
+        first_failed = first_failed.when(expr.fill_null(False)).then(pl.lit(i, dtype=pl.Int32))
+    bad = (
+        frame.select("line", first_failed.otherwise(pl.lit(None, dtype=pl.Int32)).alias("_check"))
+        .filter(pl.col("_check").is_not_null())
+    )
+    if bad.height == 0:
         return pl.DataFrame(schema={"line": pl.Int64, "field": pl.String, "reason": pl.String})
-    return pl.concat(parts).unique(subset=["line"], keep="first", maintain_order=True).sort("line")
+    fields = pl.Series([field for field, _, _ in checks], dtype=pl.String)
+    reasons = pl.Series([reason for _, _, reason in checks], dtype=pl.String)
+    return (
+        bad.select(
+            "line",
+            pl.col("_check").replace_strict(list(range(len(checks))), fields, return_dtype=pl.String).alias("field"),
+            pl.col("_check").replace_strict(list(range(len(checks))), reasons, return_dtype=pl.String).alias("reason"),
+        )
+        .unique(subset=["line"], keep="first", maintain_order=True)
+        .sort("line")
+    )

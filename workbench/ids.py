@@ -38,6 +38,20 @@ def digest_keys(keys: Iterable[str], prefix: str = "") -> list[str]:
     return [prefix + sha((k + SEP).encode("utf-8", "surrogatepass")).hexdigest()[:n] for k in keys]
 
 
+def digest_series(keys: Any, prefix: str = "") -> Any:
+    """:func:`digest_keys` of a polars string Series, as a Series (the same ids, less Python).
+
+    SHA-256 runs once per key in C (``hashlib``); the separator, the hex form, the truncation
+    and the prefix are done column-wise by polars instead of once per key in Python.
+    """
+    import polars as pl
+
+    sha = hashlib.sha256
+    raw = [sha(k.encode("utf-8", "surrogatepass")).digest() for k in (keys + SEP).to_list()]
+    out = pl.Series(keys.name, raw, dtype=pl.Binary).bin.encode("hex").str.slice(0, _ID_HEX)
+    return (prefix + out) if prefix else out
+
+
 def canonical_messages(messages: Iterable[Any]) -> list[dict[str, str]]:
     """Validate a conversation and return it as a list of plain ``{role, content}`` dicts."""
     out: list[dict[str, str]] = []

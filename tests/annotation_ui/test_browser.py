@@ -99,6 +99,38 @@ def test_annotator_cannot_reach_the_admin_view(browser, shared_server):
     admin.close()
 
 
+def test_admin_view_shows_the_diagnostics_report(browser, shared_server):
+    """The admin view shows the same report `workbench diagnose` writes, in a sandboxed frame."""
+    store = workbench.open(shared_server.db)
+    pairs = assign.pool(store).head(8)
+    for annotator in ("ann7", "ann8"):
+        for row in pairs.iter_rows(named=True):
+            store.add_label(row["prompt_id"], row["response_a_id"], row["response_b_id"], "a", annotator,
+                            shown_left="a", client_token=f"diag-{annotator}-{row['pair_id']}")
+    version = store.snapshot("diag-v1")
+    store.close()
+    admin = login(browser, shared_server.url, "admin1", shared_server.logins["admin1"])
+    admin.get_by_role("tab", name="Admin").click()
+    admin.locator("#wb-admin-refresh").click()
+    admin.wait_for_function("() => document.querySelectorAll('#wb-admin-annotators table tr, #wb-admin-annotators [role=row]').length > 1", timeout=30_000)
+    time.sleep(1.0)  # the version list follows the refresh; the newest version is picked
+    admin.locator("#wb-admin-diagnose").click()
+    frame = admin.locator("#wb-admin-report iframe")
+    frame.wait_for(timeout=60_000)
+    assert frame.get_attribute("sandbox") == ""
+    body = admin.frame_locator("#wb-admin-report iframe").locator("h1")
+    assert body.inner_text(timeout=30_000) == "Diagnostics: diag-v1"
+    assert "Findings, worst first" in admin.frame_locator("#wb-admin-report iframe").locator("body").inner_text()
+    assert "diag-v1" in admin.locator("#wb-admin-findings").inner_text()
+    frame.scroll_into_view_if_needed()
+    admin.wait_for_timeout(500)
+    frame.screenshot(path=str(ARTIFACTS / "admin-diagnostics-report.png"))
+    admin.screenshot(path=str(ARTIFACTS / "admin-diagnostics.png"), full_page=True)
+    admin.close()
+    runs = workbench.open(shared_server.db).runs(version.name, kind="diagnostics")
+    assert runs.height == 1 and runs["status"][0] == "completed"
+
+
 def test_hostile_response_runs_nothing_and_loads_nothing(browser, shared_server):
     store = workbench.open(shared_server.db)
     hostile = store.responses().filter(pl.col("text").str.contains("onerror"))

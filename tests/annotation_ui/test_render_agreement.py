@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-import numpy as np
 import polars as pl
 import pytest
 
-from annotation_ui import agreement as ag
+from annotation_ui.admin import agreement_table
 from annotation_ui.render import conversation_to_safe_html, markdown_to_safe_html
 
 
@@ -42,36 +41,8 @@ def test_markdown_and_code_blocks_render():
     assert markdown_to_safe_html("x" * 300_000).count("more characters not shown") == 1
 
 
-def test_kappas_and_alpha_match_references():
-    sklearn_metrics = pytest.importorskip("sklearn.metrics")
-    krippendorff = pytest.importorskip("krippendorff")
-    rng = np.random.default_rng(0)
-    cats = np.array(ag.CATEGORIES)
-    truth = rng.integers(0, 4, size=60)
-    raters = [np.where(rng.random(60) < 0.7, truth, rng.integers(0, 4, size=60)) for _ in range(3)]
-    x, y = list(cats[raters[0]]), list(cats[raters[1]])
-    assert ag.cohen_kappa(x, y) == pytest.approx(sklearn_metrics.cohen_kappa_score(x, y, labels=list(cats)))
-    # Krippendorff with missing ratings, via the reference package
-    data = np.array(raters, dtype=float)
-    data[0, :10] = np.nan
-    counts = np.zeros((60, 4))
-    for r in data:
-        for i, v in enumerate(r):
-            if not np.isnan(v):
-                counts[i, int(v)] += 1
-    assert ag.krippendorff_alpha_nominal(counts) == pytest.approx(krippendorff.alpha(reliability_data=data, level_of_measurement="nominal"))
-    # Fleiss with 3 raters each, against the closed form on a textbook-style table
-    full = np.zeros((60, 4))
-    for r in raters:
-        full[np.arange(60), r] += 1
-    n = 3
-    p_j = full.sum(0) / (60 * n)
-    p_i = ((full**2).sum(1) - n) / (n * (n - 1))
-    expected = (p_i.mean() - (p_j**2).sum()) / (1 - (p_j**2).sum())
-    assert ag.fleiss_kappa(full) == pytest.approx(expected)
-
-
-def test_agreement_orients_pairs_and_uses_latest_label():
+def test_agreement_orients_pairs_and_counts_one_label_per_annotator():
+    # the statistics themselves are checked against scikit-learn and krippendorff in tests/diagnostics/test_agreement.py
     t = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
     rows = []
     for k in range(8):
@@ -79,9 +50,51 @@ def test_agreement_orients_pairs_and_uses_latest_label():
         lab, mirrored = ("a", "b") if k % 2 else ("b", "a")
         rows.append((p, a, b, lab, "u1", t))
         rows.append((p, b, a, mirrored, "u2", t))  # the same preference with the sides swapped
-    rows.append(("p0", "r0a", "r0b", "tie", "u1", t - dt.timedelta(days=1)))  # an older label of u1: ignored
+    rows.append(("p0", "r0a", "r0b", "tie", "u1", t + dt.timedelta(days=1)))  # a later repeat of u1: self-consistency, not agreement
     f = pl.DataFrame(rows, schema=["prompt_id", "response_a_id", "response_b_id", "label", "annotator_id", "created_at"], orient="row")
-    res = dict(zip(*ag.agreement(f, min_shared=5).select("metric", "value").to_dict(as_series=False).values()))
+    table = agreement_table(f, min_shared=5)
+    res = dict(zip(table["metric"].to_list(), table["value"].to_list()))
     assert res["cohen_kappa_mean"] == pytest.approx(1.0) and res["fleiss_kappa"] == pytest.approx(1.0)
-    table = ag.overlap_table(f)
-    assert table.height == 16 and (table.group_by("item").agg(pl.col("label").n_unique())["label"] == 1).all()
+    assert res["krippendorff_alpha"] == pytest.approx(1.0)
+    assert table["items"].to_list() == [8, 8, 8] and table["annotators"].to_list() == [2, 2, 2]
+    # disagreeing on half the pairs brings every statistic down
+    flipped = f.with_columns(pl.when((pl.col("annotator_id") == "u2") & (pl.col("prompt_id").is_in(["p1", "p2", "p3", "p4"])))
+                             .then(pl.lit("tie")).otherwise(pl.col("label")).alias("label"))
+    low = agreement_table(flipped, min_shared=5)
+    assert (low["value"] < 0.7).all()
+    empty = agreement_table(f.head(0))
+    assert empty["items"].to_list() == [0, 0, 0] and empty["value"].is_nan().all()
+
+
+def test_admin_progress_scores_gold_side_and_repeats(tmp_path, make_ui_store):
+    from annotation_ui.service import AnnotationService
+    from workbench import assign
+
+    store, _logins = make_ui_store(tmp_path / "admin.db")
+    pool = assign.pool(store)
+    for pid in pool["pair_id"].head(4).to_list():
+        assign.set_gold(store, pid, "a")
+    assign.save_config(store, assign.AssignConfig(strategy="balanced", overlap=3, gold_rate=0.3, repeat_rate=0.3))
+    svc = AnnotationService(store)
+    # ann1 always clicks left (side-biased, inconsistent on swapped repeats); ann2 always prefers response a
+    shown = {}
+    for name in ("ann1", "ann2"):
+        acct = svc.account(name)
+        item = svc.next_item(acct)
+        while item is not None:
+            a = assign.get_assignment(store, item.assignment_id)
+            shown[item.assignment_id] = a.kind
+            choice = "left" if name == "ann1" or a.shown_left == "a" else "right"
+            item = svc.submit(acct, item.assignment_id, choice)["next"]
+    admin = svc.admin(svc.account("admin1"))
+    per = {r["annotator_id"]: r for r in admin.progress_by_annotator().to_dicts()}
+    assert per["ann1"]["left_rate"] == 1.0 and per["ann1"]["left_biased"]
+    assert 0.2 < per["ann2"]["left_rate"] < 0.8 and per["ann2"]["gold_accuracy"] == 1.0 and per["ann2"]["n_gold"] == 4
+    assert per["ann2"]["consistency"] == 1.0 and per["ann2"]["n_repeats"] >= 1
+    assert per["ann1"]["consistency"] == 0.0  # every repeat is shown the other way round, so "left" flips the answer
+    assert per["admin1"]["labels"] == 0 and per["admin1"]["n_gold"] is None
+    assert "repeat" in shown.values() and "gold" in shown.values()
+    agree = admin.agreement(min_shared=5)
+    assert agree["items"][1] > 0 and agree["annotators"][1] == 2
+    with pytest.raises(Exception, match="admin"):
+        svc.admin(svc.account("ann1"))

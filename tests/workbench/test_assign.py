@@ -11,6 +11,7 @@ import pytest
 
 import workbench
 from workbench import assign
+from workbench.diagnostics import noise
 
 
 def make_store(tmp_path, n_prompts=6, n_responses=3, annotators=("ann1", "ann2", "ann3")):
@@ -178,8 +179,10 @@ def test_gold_pairs_are_mixed_in_and_scored(store):
     f = assign.assignments_frame(store)
     assert set(f.filter(pl.col("kind") == "gold")["pair_id"].to_list()) == set(gold_ids)
     assert f.filter(pl.col("kind") == "pair")["pair_id"].is_in(gold_ids).sum() == 0  # gold never served as a regular pair
-    g = assign.gold_scores(store)
-    assert dict(zip(g["annotator_id"], g["accuracy"])) == {"ann1": 1.0, "ann2": 0.0}
+    ref = assign.gold_reference(store)
+    assert sorted(ref["pair_id"].to_list()) == sorted(gold_ids) and set(ref["label"].to_list()) == {"a"}
+    g = noise.gold_accuracy(store.live(), reference=ref)
+    assert dict(zip(g["annotator_id"], g["gold_accuracy"])) == {"ann1": 1.0, "ann2": 0.0}
     assert dict(zip(g["annotator_id"], g["n_gold"])) == {"ann1": 4, "ann2": 4}
     with pytest.raises(ValueError):
         assign.set_gold(store, gold_ids[0], "left")
@@ -202,8 +205,9 @@ def test_repeats_swap_sides_and_measure_consistency(store):
     orig = assign.assignments_frame(store).select(pl.col("assignment_id").alias("repeat_of"), pl.col("shown_left").alias("first_left"), pl.col("pair_id").alias("first_pair"))
     j = f.join(orig, on="repeat_of")
     assert (j["shown_left"] != j["first_left"]).all() and (j["pair_id"] == j["first_pair"]).all()
-    c = assign.repeat_consistency(store)
-    assert c["consistency"].to_list() == [1.0]
+    c = noise.self_consistency(store.live())
+    assert c["self_consistency"].to_list() == [1.0] and c["n_repeats"].to_list() == [n_rep]
+    assert c["n_swapped_repeats"].to_list() == [n_rep]  # every repeat showed the pair the other way round
     # repeats don't count as coverage: the pool's label counters match the non-repeat labels
     p = assign.pool(store)
     assert int(p["n_labels"].sum()) == assign.assignments_frame(store).filter((pl.col("status") == "labelled") & (pl.col("kind") != "repeat")).height
@@ -336,3 +340,18 @@ def test_config_validation_and_storage(store):
         assign.AssignConfig.from_dict({"strategy": "random", "bogus": 1})
     assign.save_config(store, assign.AssignConfig(strategy="random", overlap=2))
     assert assign.load_config(store) == assign.AssignConfig(strategy="random", overlap=2)
+
+
+@pytest.mark.parametrize("analyze", [False, True])
+def test_picking_a_pair_walks_an_index_not_the_pool(store, analyze):
+    """Each strategy's pick reads the pool in an index's order and stops at the first eligible pair."""
+    assign.build_pairs(store)
+    assign.assign_next_pair(store, "ann1", "balanced")
+    with store.engine.connect() as conn:
+        if analyze:  # statistics must not lure the planner into a sort
+            conn.exec_driver_sql("ANALYZE")
+        for name, stmt in (("balanced", assign._PICK_BALANCED), ("overlap", assign._PICK_OVERLAP), ("random", assign._PICK_RANDOM_FROM)):
+            compiled = stmt.params(who="ann1", overlap=2, start=5).compile(dialect=store.engine.dialect, compile_kwargs={"literal_binds": True})
+            plan = " | ".join(r[-1] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}").all())
+            assert "TEMP B-TREE" not in plan and "SCAN annotation_pairs" not in plan, (name, plan)
+            assert "USING INDEX ix_pairs_" in plan, (name, plan)
