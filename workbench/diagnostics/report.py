@@ -231,6 +231,7 @@ def _plots(noise: NoiseDiagnostics, cov: CoverageDiagnostics, folder: Path) -> d
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     folder.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
@@ -250,7 +251,11 @@ def _plots(noise: NoiseDiagnostics, cov: CoverageDiagnostics, folder: Path) -> d
         if a.height <= 300:
             x = np.arange(a.height)
             ax.errorbar(x, r, yerr=[r - a["ci_low"].to_numpy(), a["ci_high"].to_numpy() - r], fmt="o", ms=3, lw=0.8)
-            ax.set_xlabel("annotators, least reliable first")
+            if a.height <= 40:  # few enough to name each annotator on the axis
+                ax.set_xticks(x, [str(v)[:16] for v in a["annotator_id"].to_list()], rotation=60, ha="right", fontsize=7)
+            else:
+                ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            ax.set_xlabel("annotators, least reliable first" + ("" if a.height <= 40 else " (rank)"))
         else:
             ax.hist(r, bins=50)
             ax.set_xlabel("reliability")
