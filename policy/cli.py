@@ -129,7 +129,7 @@ def handle_train(args: argparse.Namespace) -> int:
         if config.representation == "tabular":
             result = run_tabular(stage, version, config, fitted, store, parent_run_id=args.rm)
         else:
-            result = _run_lm(stage, version, config, fitted, store, args.resume)
+            result = _run_lm(stage, version, config, fitted, store, args.resume, parent_run_id=args.rm)
     except (ValueError, TypeError, FileNotFoundError, KeyError, LookupError) as exc:
         print(f"error: {exc}")
         return 2
@@ -137,7 +137,7 @@ def handle_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_lm(stage: str, version, config, fitted, store, resume: bool) -> dict[str, Any]:
+def _run_lm(stage: str, version, config, fitted, store, resume: bool, parent_run_id: str | None = None) -> dict[str, Any]:
     from .lm import DPO, PPO, SFT, BestOfN, NashMDPG
     from .protocols import BradleyTerryPreference
 
@@ -145,12 +145,13 @@ def _run_lm(stage: str, version, config, fitted, store, resume: bool) -> dict[st
     if stage == "sft":
         est = SFT(config).fit(version, model, tokenizer, store=store, resume=resume)
     elif stage == "dpo":
-        est = DPO(config).fit(version, model, tokenizer, preference_model=fitted, store=store, resume=resume)
+        est = DPO(config).fit(version, model, tokenizer, preference_model=fitted, store=store, resume=resume,
+                              parent_run_id=parent_run_id)
     elif stage == "ppo":
-        est = PPO(config).fit(version, model, tokenizer, fitted, store=store, resume=resume)
+        est = PPO(config).fit(version, model, tokenizer, fitted, store=store, resume=resume, parent_run_id=parent_run_id)
     elif stage == "nash":
         pref = fitted if hasattr(fitted, "proba") else BradleyTerryPreference(fitted)
-        est = NashMDPG(config).fit(version, model, tokenizer, pref, store=store, resume=resume)
+        est = NashMDPG(config).fit(version, model, tokenizer, pref, store=store, resume=resume, parent_run_id=parent_run_id)
     else:
-        est = BestOfN(config).fit(version, model, tokenizer, fitted, store=store)
+        est = BestOfN(config).fit(version, model, tokenizer, fitted, store=store, parent_run_id=parent_run_id)
     return {**est.metrics_, "artifact_path": getattr(est, "artifact_path_", None)}

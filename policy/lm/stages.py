@@ -68,12 +68,15 @@ def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @contextlib.contextmanager
-def _recorded_run(store, kind: str, data: Any, config: TrainingConfig, estimator):
-    """Record a run in ``store`` (if given): completed with metrics and artifact, or failed."""
+def _recorded_run(store, kind: str, data: Any, config: TrainingConfig, estimator, parent_run_id: str | None = None):
+    """Record a run in ``store`` (if given): completed with metrics and artifact, or failed.
+
+    ``parent_run_id``: the run of the fitted reward / preference model the stage consumed.
+    """
     if store is None:
         yield None
         return
-    run = store.start_run(kind, data, config=dataclasses.asdict(config))
+    run = store.start_run(kind, data, config=dataclasses.asdict(config), parent_run_id=parent_run_id)
     try:
         yield run
     except BaseException:
@@ -212,7 +215,7 @@ class DPO(_Stage):
     kind = "policy_dpo"
 
     def fit(self, data: Any, model, tokenizer, reference_model=None, preference_model: PreferenceModel | None = None,
-            store=None, resume: bool = False, accelerator=None) -> DPO:
+            store=None, resume: bool = False, accelerator=None, parent_run_id: str | None = None) -> DPO:
         cfg = self.config
         self.version_hash_ = getattr(data, "hash", None)
         self.tokenizer_ = tokenizer
@@ -232,7 +235,7 @@ class DPO(_Stage):
         _disable_dropout(model)  # as TRL does by default: the log-ratios must be 0 at step 0
         reference = reference_model if reference_model is not None else _frozen_copy(model)
         cache_dir = cfg.reference_cache_dir or str(Path(cfg.output_dir) / "reference-cache")
-        with _recorded_run(store, self.kind, data, cfg, self):
+        with _recorded_run(store, self.kind, data, cfg, self, parent_run_id):
             self.reference_cache_ = attach_reference_log_probs(dataset, reference, cache_dir, self.version_hash_,
                                                                cfg.reference_batch_size, accelerator)
             if reference_model is None:
@@ -345,7 +348,7 @@ class PPO(_Stage):
     kind = "policy_ppo"
 
     def fit(self, data: Any, model, tokenizer, reward_model: RewardModel, reference_model=None, store=None,
-            resume: bool = False) -> PPO:
+            resume: bool = False, parent_run_id: str | None = None) -> PPO:
         cfg = self.config
         _require(reward_model, "reward", "reward_model")
         check_tokenizer_compatible(reward_model, tokenizer)
@@ -359,7 +362,7 @@ class PPO(_Stage):
         wrapped = PolicyWithValueHead(model)
         generator = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
         algorithm = ProximalPolicyOptimization(cfg, tokenizer, prompts, reward_model, reference, accelerator, generator)
-        with _recorded_run(store, self.kind, data, cfg, self):
+        with _recorded_run(store, self.kind, data, cfg, self, parent_run_id):
             trained, history = train(wrapped, algorithm, prompts, cfg, accelerator=accelerator, resume=resume,
                                      description="ppo")
             self.value_head_ = trained.value_head
@@ -419,7 +422,7 @@ class NashMDPG(_Stage):
     kind = "policy_nash_md"
 
     def fit(self, data: Any, model, tokenizer, preference_model: PreferenceModel, reference_model=None, store=None,
-            resume: bool = False) -> NashMDPG:
+            resume: bool = False, parent_run_id: str | None = None) -> NashMDPG:
         cfg = self.config
         _require(preference_model, "proba", "preference_model")
         check_tokenizer_compatible(preference_model, tokenizer)
@@ -432,7 +435,7 @@ class NashMDPG(_Stage):
         _disable_dropout(reference)
         generator = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
         algorithm = NashMirrorDescentPolicyGradient(cfg, tokenizer, prompts, preference_model, reference, accelerator, generator)
-        with _recorded_run(store, self.kind, data, cfg, self):
+        with _recorded_run(store, self.kind, data, cfg, self, parent_run_id):
             trained, history = train(model, algorithm, prompts, cfg, accelerator=accelerator, resume=resume,
                                      description="nash-md-pg")
             self._finish(trained, history, {"n_prompts": len(prompts)})
@@ -452,13 +455,13 @@ class BestOfN(_Stage):
     config_class = BestOfNConfig
     kind = "policy_best_of_n"
 
-    def fit(self, data: Any, model, tokenizer, reward_model: RewardModel, store=None) -> BestOfN:
+    def fit(self, data: Any, model, tokenizer, reward_model: RewardModel, store=None, parent_run_id: str | None = None) -> BestOfN:
         _require(reward_model, "reward", "reward_model")
         check_tokenizer_compatible(reward_model, tokenizer)
         self.version_hash_ = getattr(data, "hash", None) if data is not None else None
         self.model_, self.tokenizer_, self.reward_model_ = model, tokenizer, reward_model
         self.history_ = pl.DataFrame()
-        with _recorded_run(store, self.kind, data, self.config, self):
+        with _recorded_run(store, self.kind, data, self.config, self, parent_run_id):
             prompts = _distinct_prompts(data) if data is not None else []
             self.samples_ = self.generate(prompts) if prompts else pl.DataFrame()
             gain = float((self.samples_["reward"] - self.samples_["mean_reward"]).mean()) if prompts else 0.0

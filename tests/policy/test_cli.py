@@ -137,3 +137,12 @@ def test_lm_stages_through_the_cli_train_a_local_checkpoint_and_record_runs(tmp_
     assert any("sft" in k for k in kinds) and any("dpo" in k and "tabular" not in k for k in kinds)
     for result in (sft, dpo):
         assert result["artifact_path"] and (Path(result["artifact_path"]) / "config.json").exists()
+    # best-of-n with a fitted reward model: the run names the reward-model run it consumed
+    assert main(["--db", db, "rm", "train", "feature", "--version", "v1", "--output", str(tmp_path / "rm")]) == 0
+    rm_run = store.runs(kind="reward_model").row(-1, named=True)["run_id"]
+    (tmp_path / "bon.yaml").write_text(common + f"model: {folder}\nn: 2\nmax_new_tokens: 4\noutput_dir: {tmp_path / 'bon'}\n")
+    capsys.readouterr()
+    before = set(store.runs()["run_id"].to_list())
+    assert main(["--db", db, "train", "bon", "v1", "--rm", rm_run, "--config", str(tmp_path / "bon.yaml")]) == 0
+    new = store.runs().filter(~pl.col("run_id").is_in(list(before)))
+    assert new.height == 1 and new["parent_run_id"][0] == rm_run and new["status"][0] == "completed"
