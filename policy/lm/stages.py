@@ -120,6 +120,22 @@ class _Stage:
         self.artifact_path_ = str(path)
         return path
 
+    def _sampling_setup(self, data: Any, model, tokenizer, judge: Any, method: str, role: str, reference_model):
+        """What the sampling stages (PPO, Nash-MD-PG) share before training: check the judge
+        (reward or preference model), the version's prompts, the accelerator, a frozen reference
+        without dropout, and a sampling generator seeded per process."""
+        _require(judge, method, role)
+        check_tokenizer_compatible(judge, tokenizer)
+        self.version_hash_ = getattr(data, "hash", None)
+        self.tokenizer_ = tokenizer
+        prompts = PromptDataset(tokenizer, _distinct_prompts(data), self.config.max_prompt_length)
+        accelerator = make_accelerator(self.config)
+        reference = (reference_model if reference_model is not None else _frozen_copy(model)).to(accelerator.device)
+        _disable_dropout(model)
+        _disable_dropout(reference)
+        generator = torch.Generator().manual_seed(self.config.seed + accelerator.process_index)
+        return prompts, accelerator, reference, generator
+
     def _finish(self, model, history: pl.DataFrame, extra: dict[str, Any]) -> None:
         self.model_ = model
         self.history_ = history
@@ -350,17 +366,9 @@ class PPO(_Stage):
     def fit(self, data: Any, model, tokenizer, reward_model: RewardModel, reference_model=None, store=None,
             resume: bool = False, parent_run_id: str | None = None) -> PPO:
         cfg = self.config
-        _require(reward_model, "reward", "reward_model")
-        check_tokenizer_compatible(reward_model, tokenizer)
-        self.version_hash_ = getattr(data, "hash", None)
-        self.tokenizer_ = tokenizer
-        prompts = PromptDataset(tokenizer, _distinct_prompts(data), cfg.max_prompt_length)
-        accelerator = make_accelerator(cfg)
-        reference = (reference_model if reference_model is not None else _frozen_copy(model)).to(accelerator.device)
-        _disable_dropout(model)
-        _disable_dropout(reference)
+        prompts, accelerator, reference, generator = self._sampling_setup(
+            data, model, tokenizer, reward_model, "reward", "reward_model", reference_model)
         wrapped = PolicyWithValueHead(model)
-        generator = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
         algorithm = ProximalPolicyOptimization(cfg, tokenizer, prompts, reward_model, reference, accelerator, generator)
         with _recorded_run(store, self.kind, data, cfg, self, parent_run_id):
             trained, history = train(wrapped, algorithm, prompts, cfg, accelerator=accelerator, resume=resume,
@@ -424,16 +432,8 @@ class NashMDPG(_Stage):
     def fit(self, data: Any, model, tokenizer, preference_model: PreferenceModel, reference_model=None, store=None,
             resume: bool = False, parent_run_id: str | None = None) -> NashMDPG:
         cfg = self.config
-        _require(preference_model, "proba", "preference_model")
-        check_tokenizer_compatible(preference_model, tokenizer)
-        self.version_hash_ = getattr(data, "hash", None)
-        self.tokenizer_ = tokenizer
-        prompts = PromptDataset(tokenizer, _distinct_prompts(data), cfg.max_prompt_length)
-        accelerator = make_accelerator(cfg)
-        reference = (reference_model if reference_model is not None else _frozen_copy(model)).to(accelerator.device)
-        _disable_dropout(model)
-        _disable_dropout(reference)
-        generator = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
+        prompts, accelerator, reference, generator = self._sampling_setup(
+            data, model, tokenizer, preference_model, "proba", "preference_model", reference_model)
         algorithm = NashMirrorDescentPolicyGradient(cfg, tokenizer, prompts, preference_model, reference, accelerator, generator)
         with _recorded_run(store, self.kind, data, cfg, self, parent_run_id):
             trained, history = train(model, algorithm, prompts, cfg, accelerator=accelerator, resume=resume,
