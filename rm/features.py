@@ -248,10 +248,9 @@ class FeatureRewardModel(BaseEstimator):
 
     def predict_proba(self, data: Any) -> np.ndarray:
         """P(response_a > response_b) for each row of a comparisons frame / version."""
-        from rm.pairs import comparisons_frame
+        from rm.pairs import proba_on_frame
 
-        frame = comparisons_frame(data)
-        return self.proba(frame["prompt"].fill_null("").to_list(), frame["response_a"].to_list(), frame["response_b"].to_list())
+        return proba_on_frame(self, data)
 
     # ---- persistence ----------------------------------------------------------------------
     def save(self, path: str | Path, metrics: dict | None = None) -> Path:

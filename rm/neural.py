@@ -641,10 +641,9 @@ class NeuralRewardModel:
         return 0.5 * (1.0 + np.tanh(0.5 * d))
 
     def predict_proba(self, data: Any) -> np.ndarray:
-        from rm.pairs import comparisons_frame
+        from rm.pairs import proba_on_frame
 
-        frame = comparisons_frame(data)
-        return self.proba(frame["prompt"].fill_null("").to_list(), frame["response_a"].to_list(), frame["response_b"].to_list())
+        return proba_on_frame(self, data)
 
     # ---- persistence ----------------------------------------------------------------------
     def save(self, path: str | Path, metrics: dict | None = None) -> Path:

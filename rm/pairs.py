@@ -32,32 +32,11 @@ class EmptyTextError(ValueError):
 
 
 def comparisons_frame(data: Any) -> pl.DataFrame:
-    """A polars comparisons frame from a workbench `Version`, a polars or a pandas frame."""
-    try:  # the core helper, once the workbench provides it
-        from workbench.frames import as_comparisons  # type: ignore
-    except ImportError:
-        as_comparisons = None
-    if as_comparisons is not None:
-        try:
-            frame = as_comparisons(data)
-            if isinstance(frame, pl.DataFrame):
-                return frame
-        except Exception:  # fall back to our own reading below
-            pass
-    if isinstance(data, pl.DataFrame):
-        return data
-    if hasattr(data, "to_polars") and callable(data.to_polars):
-        return data.to_polars()
-    try:
-        import pandas as pd
+    """A polars comparisons frame from a workbench `Version`, a polars or pandas frame or a
+    `datasets.Dataset` (``workbench.frames.as_comparisons``)."""
+    from workbench.frames import as_comparisons
 
-        if isinstance(data, pd.DataFrame):
-            return pl.from_pandas(data)
-    except ImportError:  # pragma: no cover
-        pass
-    raise TypeError(
-        f"expected a workbench Version or a polars/pandas comparisons frame, got {type(data).__name__}"
-    )
+    return as_comparisons(data)
 
 
 def version_hash(data: Any) -> str | None:
@@ -204,3 +183,9 @@ def train_test_split(data: Any, test_fraction: float = 0.2, seed: int = 0) -> tu
     test_keys = {groups[i] for i in order[:n_test]}
     is_test = frame[key].is_in(list(test_keys))
     return frame.filter(~is_test), frame.filter(is_test)
+
+
+def proba_on_frame(model: Any, data: Any) -> np.ndarray:
+    """``model.proba`` on every row of a comparisons frame or version: P(response_a > response_b)."""
+    frame = comparisons_frame(data)
+    return model.proba(frame["prompt"].fill_null("").to_list(), frame["response_a"].to_list(), frame["response_b"].to_list())

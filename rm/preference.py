@@ -51,10 +51,9 @@ class RewardPreference:
         return _sigmoid((r_a - r_b) / self.temperature)
 
     def predict_proba(self, data: Any) -> np.ndarray:
-        from rm.pairs import comparisons_frame
+        from rm.pairs import proba_on_frame
 
-        frame = comparisons_frame(data)
-        return self.proba(frame["prompt"].fill_null("").to_list(), frame["response_a"].to_list(), frame["response_b"].to_list())
+        return proba_on_frame(self, data)
 
 
 class TripleEncoder(PairEncoder):
