@@ -310,6 +310,26 @@ class Objective:
 
 
 # ---------------------------------------------------------------------- helpers
+def _take_step(obj, phi, step, value, slope, pieces, lower):
+    """One damped Newton step: the full step (cut back to stay inside the lower bounds), accepted
+    on the Armijo condition, else a backtracking line search. Returns the new point, its value,
+    its derivative pieces and the step length ``t`` (0 when no decrease was found)."""
+    t = 1.0
+    if lower is not None:
+        idx, lo = lower
+        nxt = phi[idx] + step[idx]
+        bad = nxt <= lo
+        if bad.any():
+            t = min(1.0, float(np.min(0.9 * (phi[idx][bad] - lo[bad]) / -step[idx][bad])))
+    cand = phi + t * step
+    cand_pieces = obj.derivatives(cand, "none")
+    v = cand_pieces["value"]
+    if np.isfinite(v) and v <= value + 1e-4 * t * slope + 1e-12 * abs(value):
+        return cand, v, cand_pieces, t
+    phi_new, value_new, t = _line_search(obj, phi, step, value, slope, lower)
+    return phi_new, value_new, obj.derivatives(phi_new, "none") if t > 0 else pieces, t
+
+
 def _line_search(obj: Objective, phi, step, value, slope, lower):
     """Backtracking (Armijo) that also keeps bounded parameters inside their bounds."""
     t = 1.0
@@ -374,21 +394,7 @@ def newton_dense(obj: Objective, phi0=None, *, tol: float = 1e-12, max_iter: int
             slope = -float(g @ g)
             factor = None
         decrement = -slope
-        t = 1.0
-        if lower is not None:
-            idx, lo = lower
-            nxt = phi[idx] + step[idx]
-            bad = nxt <= lo
-            if bad.any():
-                t = min(1.0, float(np.min(0.9 * (phi[idx][bad] - lo[bad]) / -step[idx][bad])))
-        cand = phi + t * step
-        cand_pieces = obj.derivatives(cand, "none")
-        v = cand_pieces["value"]
-        if np.isfinite(v) and v <= value + 1e-4 * t * slope + 1e-12 * abs(value):
-            phi_new, value_new, pieces_new = cand, v, cand_pieces
-        else:
-            phi_new, value_new, t = _line_search(obj, phi, step, value, slope, lower)
-            pieces_new = obj.derivatives(phi_new, "none") if t > 0 else pieces
+        phi_new, value_new, pieces_new, t = _take_step(obj, phi, step, value, slope, pieces, lower)
         if t == 0.0:
             converged = decrement <= 1e-8 * max(1.0, abs(value))
             break
@@ -558,21 +564,7 @@ def newton_cg(obj: Objective, phi0=None, *, tol: float = 1e-12, max_iter: int = 
             step = -g
             slope = -float(g @ g)
         decrement = -slope
-        t = 1.0
-        if lower is not None:
-            idx, lo = lower
-            nxt = phi[idx] + step[idx]
-            bad = nxt <= lo
-            if bad.any():
-                t = min(1.0, float(np.min(0.9 * (phi[idx][bad] - lo[bad]) / -step[idx][bad])))
-        cand = phi + t * step
-        cand_pieces = obj.derivatives(cand, "none")
-        v = cand_pieces["value"]
-        if np.isfinite(v) and v <= value + 1e-4 * t * slope + 1e-12 * abs(value):
-            phi_new, value_new, pieces_new = cand, v, cand_pieces
-        else:
-            phi_new, value_new, t = _line_search(obj, phi, step, value, slope, lower)
-            pieces_new = obj.derivatives(phi_new, "none") if t > 0 else pieces
+        phi_new, value_new, pieces_new, t = _take_step(obj, phi, step, value, slope, pieces, lower)
         if t == 0.0:
             converged = decrement <= 1e-8 * max(1.0, abs(value))
             break
