@@ -295,16 +295,6 @@ def aggregate(
             inv *= 4
             inv += outcome
             counts = np.bincount(inv, minlength=len(ukey) * 4).reshape(-1, 4)
-        # decode keys back to components
-        rest = ukey
-        decoded = []
-        for values, c in reversed(key_parts):
-            decoded.append(rest % c)
-            rest = rest // c
-        decoded.reverse()
-        r_first, r_second = rest // K, rest % K
-        r_pos = decoded[0] - 1 if pos is not None else None
-        r_ann = decoded[-1] - 1 if ann is not None else None
         r_cov = None
     else:
         cols = {"key": key, "outcome": outcome}
@@ -318,15 +308,16 @@ def aggregate(
         counts = g.select([f"n{o}" for o in range(4)]).to_numpy()
         ukey = g["key"].to_numpy()
         r_cov = g.select([f"c{t}" for t in range(cov.shape[1])]).to_numpy()
-        rest = ukey
-        decoded = []
-        for values, c in reversed(key_parts):
-            decoded.append(rest % c)
-            rest = rest // c
-        decoded.reverse()
-        r_first, r_second = rest // K, rest % K
-        r_pos = decoded[0] - 1 if pos is not None else None
-        r_ann = decoded[-1] - 1 if ann is not None else None
+    # decode the keys back to their components
+    rest = ukey
+    decoded = []
+    for values, c in reversed(key_parts):
+        decoded.append(rest % c)
+        rest = rest // c
+    decoded.reverse()
+    r_first, r_second = rest // K, rest % K
+    r_pos = decoded[0] - 1 if pos is not None else None
+    r_ann = decoded[-1] - 1 if ann is not None else None
     counts = counts.astype(np.float64)
     return (
         PairCounts(
