@@ -8,7 +8,10 @@ its outcome, display side and covariates flipped.  Memory is O(comparisons + ite
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -400,3 +403,19 @@ def check_identifiable(pairs: PairCounts, ties_inform: bool) -> None:
                 f"[{_describe(pairs.items, np.flatnonzero(strong == c), 5)}]" for c in small)
         msg += ". Pass l2=... (a Gaussian prior on the scores) to fit anyway."
         raise NoFiniteMLEError(msg)
+
+
+def save_npz_atomically(path: Path, **arrays: np.ndarray) -> Path:
+    """Write ``arrays`` to ``path`` (.npz) through a temporary file and a rename: a reader never
+    sees half a file, and a failed write leaves the old file in place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

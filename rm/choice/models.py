@@ -44,8 +44,6 @@ import inspect
 import io
 import json
 import math
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -56,7 +54,7 @@ from scipy.stats import norm
 
 from . import solvers
 from .bootstrap import poisson_counts
-from .data import NoFiniteMLEError, PairCounts, aggregate, check_identifiable
+from .data import NoFiniteMLEError, PairCounts, aggregate, check_identifiable, save_npz_atomically
 from .outcomes import make_outcome
 
 FORMAT_VERSION = 1
@@ -649,17 +647,7 @@ class BradleyTerry:
             arrays["annotators"] = np.frombuffer(buf.getvalue(), dtype=np.uint8)
             arrays["annotator_order"] = np.frombuffer(
                 json.dumps(list(self._annotator_labels)).encode(), dtype=np.uint8)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        return save_npz_atomically(path, **arrays)
 
     @classmethod
     def load(cls, path):

@@ -28,7 +28,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.stats import norm
 
 from . import solvers
-from .data import NoFiniteMLEError, as_frame
+from .data import NoFiniteMLEError, as_frame, save_npz_atomically
 
 
 class _Rankings:
@@ -319,8 +319,6 @@ class PlackettLuce:
         """Write the fitted model to one ``.npz`` file (atomic)."""
         import io
         import json
-        import os
-        import tempfile
         from pathlib import Path
 
         if not hasattr(self, "params_"):
@@ -333,19 +331,9 @@ class PlackettLuce:
                 "items_numeric": not isinstance(self.items_[0], str),
                 "fitted_on": self.fitted_on_, "log_likelihood": self.log_likelihood_,
                 "n_observations": self.n_observations_, "n_iter": self.n_iter_}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, params=self.params_,
-                         scores=np.frombuffer(buf.getvalue(), dtype=np.uint8),
-                         meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        return save_npz_atomically(path, params=self.params_,
+                                   scores=np.frombuffer(buf.getvalue(), dtype=np.uint8),
+                                   meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
 
     @classmethod
     def load(cls, path):
