@@ -66,7 +66,8 @@ def run_tabular(stage: str, version, config, fitted, store=None, parent_run_id: 
     import dataclasses
 
     from .protocols import BradleyTerryPreference
-    from .tabular import TabularBestOfN, TabularDPO, TabularNashMD, TabularPreferences, TabularRLHF, bradley_terry_rewards
+    from .tabular import (TabularBestOfN, TabularDPO, TabularNashMD, TabularPreferenceMLE, TabularPreferences,
+                          TabularRLHF, bradley_terry_rewards)
 
     table = TabularPreferences.from_comparisons(version)
     if fitted is not None and not (hasattr(fitted, "reward") or hasattr(fitted, "proba")):
@@ -78,7 +79,13 @@ def run_tabular(stage: str, version, config, fitted, store=None, parent_run_id: 
         preference = BradleyTerryPreference(fitted)
     else:
         preference = table.empirical_preference()
-    if stage == "dpo":
+    if stage == "dpo" and config.loss in ("preference_mle", "preference_distillation"):
+        wins = None
+        if config.loss == "preference_distillation":  # the fitted model's expected wins on the same pairs
+            counts = table.wins + table.wins.transpose(0, 2, 1)
+            wins = counts * table.preference_table(preference)
+        model = TabularPreferenceMLE(gamma=config.gamma, beta=config.beta).fit(table, wins)
+    elif stage == "dpo":
         model = TabularDPO(beta=config.beta, loss="ipo" if config.loss == "ipo" else "sigmoid", l2=1e-2).fit(table)
     elif stage == "ppo":
         model = TabularRLHF(beta=config.kl_coef).fit(table, reward)

@@ -111,22 +111,36 @@ class SFTConfig(TrainingConfig):
     learning_rate: float = 5e-5
 
 
-DPO_LOSSES = ("sigmoid", "ipo", "robust", "conservative", "preference_mle", "preference_distillation")
+DISTRIBUTION_LEARNING_LOSSES = ("preference_mle", "preference_distillation")
+DPO_LOSSES = ("sigmoid", "ipo", "robust", "conservative") + DISTRIBUTION_LEARNING_LOSSES
 
 
 @dataclass
 class DPOConfig(TrainingConfig):
-    """The DPO family (see ``policy.lm.losses``)."""
+    """The DPO family (see ``policy.lm.losses``).
+
+    For ``sigmoid``/``ipo``/``robust``/``conservative``, ``beta`` is the usual temperature of the
+    implicit reward ``beta log pi / pi_ref``. For Yun et al.'s ``preference_mle`` and
+    ``preference_distillation``, ``gamma`` is the preference model's temperature
+    (``P_pi(a > b) = sigma(gamma log pi(a) / pi(b))``, eq. 3) and ``beta`` weighs the regularizer
+    ``beta KL(pi || pi_ref)`` (eqs. 5 and 12), estimated on completions of up to
+    ``max_new_tokens`` tokens (and at most ``max_length`` with the prompt) sampled from the policy at
+    temperature 1 (one per pair in a batch).
+    """
 
     beta: float = 0.1
     loss: str = "sigmoid"
     label_smoothing: float = 0.0  # robust / conservative DPO: the assumed label-flip rate
+    gamma: float = 0.1  # preference_mle / preference_distillation: the preference temperature
+    max_new_tokens: int = 64  # preference_mle / preference_distillation: length of the KL samples
     reference_cache_dir: str | None = None  # None: <output_dir>/reference-cache
     reference_batch_size: int = 32
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _positive("beta", self.beta)
+        _positive("gamma", self.gamma)
+        _positive_int("max_new_tokens", self.max_new_tokens)
         _one_of("loss", self.loss, DPO_LOSSES)
         if not (0.0 <= self.label_smoothing < 0.5):
             raise ConfigError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing!r}")

@@ -12,6 +12,9 @@ Exact answers this module computes and the tests check against each other:
 * the DPO optimum on Bradley-Terry preferences, which equals it (Rafailov et al., Thm. 1) —
   :func:`fit_direct_preference` with ``loss="sigmoid"``; the IPO optimum
   ``pi(y) ∝ pi_ref(y) exp(P(y > mu) / tau)`` (Azar et al. 2023, Prop. 3) with ``loss="ipo"``;
+* Yun et al.'s (2025) preference MLE / preference distillation, which with ``beta = 0`` recovers
+  the target policy ``pi*`` of ``P(y > y') = sigma(gamma log pi*(y) / pi*(y'))`` (eq. 3) —
+  :func:`fit_preference_mle`;
 * Nash-MD (Munos et al. 2023, "Nash Learning from Human Feedback", eq. 9-10):
   ``pi_t^mu ∝ pi_t^(1 - eta tau) mu^(eta tau)``, ``pi_{t+1} ∝ pi_t^mu exp(eta P(y > pi_t^mu))``,
   ``eta_t = 2 / (tau (t + 2))``, whose last iterate satisfies
@@ -44,10 +47,12 @@ __all__ = [
     "TabularPreferences",
     "TabularRLHF",
     "TabularDPO",
+    "TabularPreferenceMLE",
     "TabularNashMD",
     "TabularBestOfN",
     "kl_regularized_optimum",
     "fit_direct_preference",
+    "fit_preference_mle",
     "bradley_terry_rewards",
     "nash_md",
     "regularized_nash_equilibrium",
@@ -192,6 +197,64 @@ def fit_direct_preference(
     )
     h = result.x.reshape(shape)
     return normalize_log_probs(np.where(mask, log_reference, 0.0) + h, mask)
+
+
+def fit_preference_mle(
+    log_reference: np.ndarray,
+    wins: np.ndarray,
+    gamma: float,
+    beta: float = 0.0,
+    max_iter: int = 5000,
+    tol: float = 1e-13,
+) -> np.ndarray:
+    """Yun et al. (2025, "Alignment as Distribution Learning") on a tabular softmax policy, exactly.
+
+    Minimizes, for every prompt ``p`` at once,
+    ``(1 / n_p) sum_ij wins_ij * -log sigma(gamma (log pi_i - log pi_j)) + beta KL(pi || pi_ref)``:
+    preference MLE (eq. 5) with observed win counts, and preference distillation (eq. 12, up to a
+    constant) with expected wins ``n_ij * P_hat(i > j)`` from a fitted model. ``n_p`` is the
+    prompt's number of comparisons. With ``beta = 0`` the population optimum is the target
+    ``pi*`` itself when ``P(i > j) = sigma(gamma log pi*_i / pi*_j)`` (eq. 3): the estimator is
+    consistent, unlike DPO's deterministic limit. Returns the policy's log-probabilities.
+    """
+    gamma = _check_positive("gamma", gamma)
+    beta = float(beta)
+    if not np.isfinite(beta) or beta < 0:
+        raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+    log_reference = np.asarray(log_reference, dtype=np.float64)
+    mask = _mask_of(log_reference)
+    wins = np.asarray(wins, dtype=np.float64)
+    if wins.shape != mask.shape + (mask.shape[1],):
+        raise ValueError(f"wins must have shape {mask.shape + (mask.shape[1],)}, got {wins.shape}")
+    if np.any(wins < 0) or not np.all(np.isfinite(wins)):
+        raise ValueError("wins must be finite and >= 0")
+    pair = mask[:, :, None] & mask[:, None, :]
+    wins = np.where(pair, wins, 0.0)
+    per_prompt = wins.sum(axis=(1, 2))
+    if np.any(per_prompt <= 0):
+        raise ValueError(f"{int(np.sum(per_prompt <= 0))} prompt(s) have no comparison: nothing to learn from")
+    wins = wins / per_prompt[:, None, None]
+    log_ref = np.where(mask, log_reference, 0.0)
+    shape = mask.shape
+
+    def objective(flat: np.ndarray) -> tuple[float, np.ndarray]:
+        log_pi = normalize_log_probs(flat.reshape(shape), mask)
+        diff = gamma * (log_pi[:, :, None] - log_pi[:, None, :])
+        diff = np.where(pair, diff, 0.0)
+        value = -np.sum(wins * log_expit(diff))
+        coef = -gamma * wins * expit(-diff)
+        grad = coef.sum(axis=2) - coef.sum(axis=1)  # d/d log pi; the softmax's shift cancels in diffs
+        if beta:
+            pi = np.where(mask, np.exp(log_pi), 0.0)
+            log_ratio = np.where(mask, log_pi - log_ref, 0.0)
+            kl = np.sum(pi * log_ratio, axis=1, keepdims=True)
+            value += beta * kl.sum()
+            grad = grad + beta * pi * (log_ratio - kl)  # d KL / d logits
+        return value, (grad * mask).ravel()
+
+    result = minimize(objective, np.where(mask, log_ref, 0.0).ravel(), jac=True, method="L-BFGS-B",
+                      options={"maxiter": max_iter, "ftol": tol, "gtol": 1e-11, "maxcor": 30})
+    return normalize_log_probs(result.x.reshape(shape), mask)
 
 
 def bradley_terry_rewards(wins: np.ndarray, mask: np.ndarray, l2: float = 0.0) -> np.ndarray:
@@ -641,6 +704,22 @@ class TabularDPO(_TabularPolicy):
         _check_positive("beta", self.beta)
         wins = table.wins if wins is None else wins
         self._set(table, fit_direct_preference(table.log_reference, wins, self.beta, self.loss, self.l2))
+        return self
+
+
+class TabularPreferenceMLE(_TabularPolicy):
+    """Yun et al.'s preference MLE on the table's win counts, or preference distillation when
+    ``wins`` are a fitted model's expected wins (``n_pairs * P_hat``): :func:`fit_preference_mle`."""
+
+    _params = ("gamma", "beta")
+
+    def __init__(self, gamma: float = 0.1, beta: float = 0.0):
+        self.gamma = gamma
+        self.beta = beta
+
+    def fit(self, table: TabularPreferences, wins: np.ndarray | None = None) -> TabularPreferenceMLE:
+        wins = table.wins if wins is None else wins
+        self._set(table, fit_preference_mle(table.log_reference, wins, self.gamma, self.beta))
         return self
 
 

@@ -134,6 +134,7 @@ class PairDataset(torch.utils.data.Dataset):
         prompts = [self.prompt_ids[i] for i in indices]
         batch = pad_completions(prompts + prompts, [self.chosen_ids[i] for i in indices]
                                 + [self.rejected_ids[i] for i in indices], self.pad_id)
+        batch["indices"] = torch.tensor(indices, dtype=torch.long)
         batch["label_prob"] = torch.from_numpy(self.label_prob[indices])
         batch["teacher_prob"] = torch.from_numpy(self.teacher_prob[indices])
         if self.reference_chosen is not None:

@@ -1,8 +1,10 @@
 """Losses: short functions of tensors, each naming the paper's equation.
 
-Notation: ``chosen_logratio = log pi(y_w|x) - log pi_ref(y_w|x)`` (summed over tokens) and likewise
-for the rejected response; ``margin = chosen_logratio - rejected_logratio``. Every function
-returns per-example losses (shape (B,)); the caller averages.
+Notation (DPO family): ``chosen_logratio = log pi(y_w|x) - log pi_ref(y_w|x)`` (summed over tokens)
+and likewise for the rejected response; ``margin = chosen_logratio - rejected_logratio``. The
+distribution-learning objectives of Yun et al. take the policy's own sequence log-probabilities
+(``chosen_log_prob``), no reference. Every pair loss returns per-example values (shape (B,)); the
+caller averages.
 """
 
 from __future__ import annotations
@@ -41,27 +43,53 @@ def ipo_loss(chosen_logratio, rejected_logratio, beta: float, chosen_length: tor
     return (margin - 1 / (2 * beta)) ** 2
 
 
-def soft_preference_loss(chosen_logratio, rejected_logratio, beta: float, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy between a target P(y_w > y_l) and the policy's explicit preference model
-    ``P_theta(y_w > y_l) = sigma(beta m)``: ``-t log sigma(beta m) - (1 - t) log sigma(-beta m)``."""
-    margin = beta * (chosen_logratio - rejected_logratio)
-    return -target * F.logsigmoid(margin) - (1 - target) * F.logsigmoid(-margin)
+def explicit_preference_logit(chosen_log_prob: torch.Tensor, rejected_log_prob: torch.Tensor,
+                              gamma: float) -> torch.Tensor:
+    """The logit of the preference model that a language model *is* under Yun et al. (2025,
+    "Alignment as Distribution Learning", eq. 3): ``P_pi(a > b | x) = pi(a|x)^gamma /
+    (pi(a|x)^gamma + pi(b|x)^gamma) = sigma(gamma log pi(a|x) / pi(b|x))``. The arguments are the
+    policy's sequence log-probabilities (no reference inside, unlike DPO's implicit reward)."""
+    return gamma * (chosen_log_prob - rejected_log_prob)
 
 
-def preference_mle_loss(chosen_logratio, rejected_logratio, beta: float, label_prob: torch.Tensor) -> torch.Tensor:
-    """Preference MLE (Yun et al. 2025, "Alignment as Distribution Learning", Sec. 4.1): the
-    negative log-likelihood of the observed labels under the preference model that the policy
-    defines explicitly, ``P_theta(y > y') = sigma(beta log pi_theta(y)/pi_ref(y) - beta log pi_theta(y')/pi_ref(y'))``.
-    Every label counts, ties included (target 1/2), which keeps the MLE finite."""
-    return soft_preference_loss(chosen_logratio, rejected_logratio, beta, label_prob)
+def preference_mle_loss(chosen_log_prob, rejected_log_prob, gamma: float, label_prob: torch.Tensor) -> torch.Tensor:
+    """Preference MLE (Yun et al. 2025, eq. 4): ``-log sigma(gamma log pi(a+|x) / pi(a-|x))``, the
+    negative log-likelihood of the label under the policy's explicit preference model (eq. 3).
+    ``label_prob`` is 1 for a decided pair; a kept tie counts as half a win each way (1/2). The
+    KL regularizer ``beta KL(pi || pi_0)`` of eq. 5 is a separate term: :func:`sampled_kl_loss`."""
+    logit = explicit_preference_logit(chosen_log_prob, rejected_log_prob, gamma)
+    return -label_prob * F.logsigmoid(logit) - (1 - label_prob) * F.logsigmoid(-logit)
 
 
-def preference_distillation_loss(chosen_logratio, rejected_logratio, beta: float,
+def _bernoulli_entropy(p: torch.Tensor) -> torch.Tensor:
+    return -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p))
+
+
+def preference_distillation_loss(chosen_log_prob, rejected_log_prob, gamma: float,
                                  teacher_prob: torch.Tensor) -> torch.Tensor:
-    """Preference distillation (Yun et al. 2025, Sec. 4.2): match the policy's explicit preference
-    model to a fitted preference (or reward) model's soft probabilities ``P_hat(y_w > y_l)``
-    instead of the hard labels, which avoids DPO's degenerate, deterministic optimum."""
-    return soft_preference_loss(chosen_logratio, rejected_logratio, beta, teacher_prob)
+    """Preference distillation (Yun et al. 2025, eq. 11):
+    ``KL(Bern(P_hat(a+ > a-|x)) || Bern(P_pi(a+ > a-|x)))`` where ``P_hat = sigma(R(a+) - R(a-))``
+    comes from a fitted reward / preference model and ``P_pi`` is the policy's explicit preference
+    model (eq. 3). It is the expected PMLE loss under the fitted model's labels minus the
+    labels' entropy, so it is 0 exactly when the policy's preferences match the teacher's."""
+    logit = explicit_preference_logit(chosen_log_prob, rejected_log_prob, gamma)
+    cross_entropy = -teacher_prob * F.logsigmoid(logit) - (1 - teacher_prob) * F.logsigmoid(-logit)
+    return cross_entropy - _bernoulli_entropy(teacher_prob)
+
+
+def sampled_kl_loss(sample_log_prob: torch.Tensor, sample_reference_log_prob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The regularizer ``KL(pi || pi_0)`` of Yun et al. (2025, eqs. 5 and 12) from completions
+    sampled from the policy itself (the paper's PMLE uses on-policy samples for it).
+
+    Returns ``(surrogate, kl)``: ``kl`` is the Monte-Carlo estimate ``mean(log pi(y) - log pi_0(y))``
+    (no gradient) and ``surrogate`` is a scalar whose gradient is an unbiased estimate of
+    ``grad KL(pi || pi_0) = E_{y~pi}[grad log pi(y) * log(pi(y) / pi_0(y))]`` (score function, with
+    a leave-one-out baseline over the batch to cut its variance)."""
+    log_ratio = (sample_log_prob - sample_reference_log_prob).detach()
+    n = log_ratio.numel()
+    baseline = (log_ratio.sum() - log_ratio) / (n - 1) if n > 1 else torch.zeros_like(log_ratio)
+    surrogate = ((log_ratio - baseline) * sample_log_prob).mean()
+    return surrogate, log_ratio.mean()
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:

@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from ..config import BestOfNConfig, DPOConfig, NashMDConfig, PPOConfig, SFTConfig, TrainingConfig
+from ..config import DISTRIBUTION_LEARNING_LOSSES, BestOfNConfig, DPOConfig, NashMDConfig, PPOConfig, SFTConfig, TrainingConfig
 from ..protocols import PreferenceModel, RewardModel
 from ..tabular import _as_frame
 from . import losses
@@ -209,22 +209,67 @@ class DirectPreferenceOptimization:
         elif kind == "ipo":
             lengths = batch["completion_mask"].sum(-1).float().chunk(2)
             per_pair = losses.ipo_loss(chosen_ratio, rejected_ratio, b, *lengths)
-        elif kind == "preference_mle":
-            per_pair = losses.preference_mle_loss(chosen_ratio, rejected_ratio, b, batch["label_prob"])
-        elif kind == "preference_distillation":
-            per_pair = losses.preference_distillation_loss(chosen_ratio, rejected_ratio, b, batch["teacher_prob"])
         else:  # pragma: no cover - the config validates the name
             raise ValueError(kind)
         margin = (chosen_ratio - rejected_ratio).detach()
         return per_pair.mean(), {"reward_margin": b * margin.mean(), "reward_accuracy": (margin > 0).float().mean()}
 
 
+class DistributionLearning:
+    """Yun et al. (2025, "Alignment as Distribution Learning"): preference MLE (eq. 5) and
+    preference distillation (eq. 12). The pair term reads the policy's explicit preference model
+    ``sigma(gamma log pi(a+) / pi(a-))`` (no reference inside); the regularizer
+    ``beta KL(pi || pi_ref)`` is estimated on one completion per pair sampled from the policy at
+    temperature 1, scored by the frozen reference (:func:`losses.sampled_kl_loss`)."""
+
+    def __init__(self, config: DPOConfig, tokenizer, pairs: PairDataset, reference: torch.nn.Module, accelerator,
+                 generator: torch.Generator):
+        self.config, self.tokenizer, self.pairs = config, tokenizer, pairs
+        self.reference, self.accelerator, self.generator = reference, accelerator, generator
+        self.pad_id = pairs.pad_id
+
+    def rollout(self, model, batch):
+        cfg, acc, pairs = self.config, self.accelerator, self.pairs
+        indices = batch["indices"].tolist()
+        prompt_ids = [pairs.prompt_ids[i] for i in indices]
+        # the samples obey the same length limit as the pairs: prompt + completion <= max_length
+        max_new_tokens = max(1, min(cfg.max_new_tokens, cfg.max_length - max(len(p) for p in prompt_ids)))
+        samples = sample_completions(acc.unwrap_model(model), prompt_ids, max_new_tokens, self.tokenizer.eos_token_id,
+                                     self.pad_id, temperature=1.0, top_k=0, generator=self.generator)
+        with torch.no_grad():
+            sample_reference = completion_log_probs(
+                self.reference, move_to(pad_completions(prompt_ids, samples, self.pad_id), acc.device))
+        # chosen, rejected and the policy's own samples: one forward pass scores all three
+        tokens = pad_completions(prompt_ids * 3, [pairs.chosen_ids[i] for i in indices]
+                                 + [pairs.rejected_ids[i] for i in indices] + samples, self.pad_id)
+        tokens = move_to(tokens, acc.device)
+        tokens.update(label_prob=batch["label_prob"], teacher_prob=batch["teacher_prob"],
+                      sample_reference_log_prob=sample_reference)
+        return [tokens]
+
+    def loss(self, model, batch):
+        cfg = self.config
+        chosen, rejected, sampled = completion_log_probs(model, batch).chunk(3)
+        if cfg.loss == "preference_mle":
+            per_pair = losses.preference_mle_loss(chosen, rejected, cfg.gamma, batch["label_prob"])
+        else:
+            per_pair = losses.preference_distillation_loss(chosen, rejected, cfg.gamma, batch["teacher_prob"])
+        kl_surrogate, kl = losses.sampled_kl_loss(sampled, batch["sample_reference_log_prob"])
+        preference = torch.sigmoid(losses.explicit_preference_logit(chosen, rejected, cfg.gamma)).detach()
+        return per_pair.mean() + cfg.beta * kl_surrogate, {
+            "pair_loss": per_pair.mean().detach(), "kl": kl, "policy_preference": preference.mean(),
+            "reward_accuracy": (preference > 0.5).float().mean()}
+
+
 class DPO(_Stage):
-    """DPO, IPO, robust / conservative DPO, preference MLE and preference distillation.
+    """DPO, IPO, robust / conservative DPO, and Yun et al.'s preference MLE and preference
+    distillation (:class:`DistributionLearning`).
 
     ``preference_model`` (required for ``loss="preference_distillation"``) gives the soft targets
-    ``P_hat(chosen > rejected)``. The reference defaults to a frozen copy of ``model``; its
-    log-probabilities are computed once and cached on disk.
+    ``P_hat(chosen > rejected)``. The reference defaults to a frozen copy of ``model``; for the DPO
+    losses its log-probabilities on the pairs are computed once and cached on disk; the
+    distribution-learning losses need it during training instead (it scores the policy's samples
+    for the KL regularizer).
     """
 
     config_class = DPOConfig
@@ -250,6 +295,19 @@ class DPO(_Stage):
         accelerator = accelerator or make_accelerator(cfg)
         _disable_dropout(model)  # as TRL does by default: the log-ratios must be 0 at step 0
         reference = reference_model if reference_model is not None else _frozen_copy(model)
+        if cfg.loss in DISTRIBUTION_LEARNING_LOSSES:
+            reference = reference.to(accelerator.device)
+            _disable_dropout(reference)
+            generator = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
+            algorithm = DistributionLearning(cfg, tokenizer, dataset, reference, accelerator, generator)
+            with _recorded_run(store, self.kind, data, cfg, self, parent_run_id):
+                self.reference_cache_ = None
+                trained, history = train(model, algorithm, dataset, cfg, accelerator=accelerator, resume=resume,
+                                         description=f"dpo[{cfg.loss}]")
+                self._finish(trained, history, {"n_pairs": len(dataset), "n_pairs_dropped": dataset.dropped})
+                if store is not None:
+                    self.save(Path(cfg.output_dir) / "final")
+            return self
         cache_dir = cfg.reference_cache_dir or str(Path(cfg.output_dir) / "reference-cache")
         with _recorded_run(store, self.kind, data, cfg, self, parent_run_id):
             self.reference_cache_ = attach_reference_log_probs(dataset, reference, cache_dir, self.version_hash_,

@@ -59,8 +59,8 @@ PPO_SCRIPT = r'''
 import json, sys
 sys.path.insert(0, {tests!r})
 from conftest import PositiveWordPreference, PositiveWordReward, make_comparisons
-from policy.config import NashMDConfig, PPOConfig
-from policy.lm import PPO, NashMDPG
+from policy.config import DPOConfig, NashMDConfig, PPOConfig
+from policy.lm import DPO, PPO, NashMDPG
 from policy.lm.tiny import tiny_causal_lm, train_tokenizer
 
 comparisons = make_comparisons()
@@ -72,15 +72,18 @@ ppo = PPO(PPOConfig(output_dir={out!r} + "/ppo", ppo_epochs=1, num_minibatches=1
     comparisons, tiny_causal_lm(tokenizer, seed=0), tokenizer, PositiveWordReward())
 nash = NashMDPG(NashMDConfig(output_dir={out!r} + "/nash", **common)).fit(
     comparisons, tiny_causal_lm(tokenizer, seed=0), tokenizer, PositiveWordPreference())
+pmle = DPO(DPOConfig(output_dir={out!r} + "/pmle", loss="preference_mle", gamma=0.5, beta=0.05, **common)).fit(
+    comparisons, tiny_causal_lm(tokenizer, seed=0), tokenizer)
 from accelerate import PartialState
 if PartialState().is_main_process:
     with open({result!r}, "w") as f:
-        json.dump({{"ppo": ppo.history_["loss"].to_list(), "nash": nash.history_["loss"].to_list()}}, f)
+        json.dump({{"ppo": ppo.history_["loss"].to_list(), "nash": nash.history_["loss"].to_list(),
+                   "preference_mle": pmle.history_["loss"].to_list()}}, f)
 '''
 
 
 def test_sampling_stages_run_under_accelerate_launch(tmp_path):
-    """PPO and Nash-MD-PG (generation inside the loop) train under 2 CPU processes."""
+    """PPO, Nash-MD-PG and preference MLE (generation inside the loop) train under 2 CPU processes."""
     out, result = tmp_path / "out", tmp_path / "result.json"
     script = tmp_path / "sampling.py"
     script.write_text(PPO_SCRIPT.format(tests=str(REPO / "tests" / "policy"), out=str(out), result=str(result)))
@@ -90,5 +93,5 @@ def test_sampling_stages_run_under_accelerate_launch(tmp_path):
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     losses = json.loads(result.read_text())
-    for stage in ("ppo", "nash"):
+    for stage in ("ppo", "nash", "preference_mle"):
         assert len(losses[stage]) >= 2 and all(np.isfinite(losses[stage])), (stage, losses[stage])

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from policy import cli
-from policy.tabular import TabularDPO, TabularNashMD, TabularRLHF, TabularBestOfN, win_rate
+from policy.tabular import TabularBestOfN, TabularDPO, TabularNashMD, TabularPreferenceMLE, TabularRLHF, win_rate
 
 workbench = pytest.importorskip("workbench")
 simulate_mod = pytest.importorskip("workbench.simulate")
@@ -43,6 +43,8 @@ def true_preference(table, sim):
 
 @pytest.mark.parametrize("stage,cls,yaml_text", [
     ("dpo", TabularDPO, "representation: tabular\nbeta: 0.5\n"),
+    ("dpo", TabularPreferenceMLE, "representation: tabular\nloss: preference_mle\ngamma: 0.5\nbeta: 0.05\n"),
+    ("dpo", TabularPreferenceMLE, "representation: tabular\nloss: preference_distillation\ngamma: 0.5\nbeta: 0.05\n"),
     ("ppo", TabularRLHF, "representation: tabular\nkl_coef: 0.5\n"),
     ("nash", TabularNashMD, "representation: tabular\ntau: 0.5\nn_iterations: 200\n"),
     ("bon", TabularBestOfN, "representation: tabular\nn: 4\n"),
@@ -55,6 +57,7 @@ def test_train_tabular_stage_records_a_run_and_beats_the_reference(tmp_path, sim
     assert args.func(args) == 0
     result = json.loads(capsys.readouterr().out)
     policy = cls.load(result["artifact_path"])
+    assert type(policy) is cls
     assert policy.version_hash_ == store.version("v1").hash
     truth = true_preference(policy.table_, sim)
     gain = float(np.mean(win_rate(policy.log_probs_, policy.table_.log_reference, truth))) - 0.5

@@ -41,8 +41,9 @@ def test_dpo_family_losses_against_definitions():
     lengths = torch.full((64,), 4.0)
     at_target = losses.ipo_loss(cl + 4 / (2 * beta), cl, beta, lengths, lengths)
     np.testing.assert_allclose(at_target, 0.0, atol=1e-10)
-    # distillation with hard targets is DPO; with t = 1/2 its minimum is at margin 0
-    np.testing.assert_allclose(losses.preference_distillation_loss(cw, cl, beta, torch.ones(64)),
+    # preference MLE on the policy's own log-probs is DPO's formula with a uniform reference;
+    # a tie (t = 1/2) has its minimum at equal log-probabilities
+    np.testing.assert_allclose(losses.preference_mle_loss(cw, cl, beta, torch.ones(64)),
                                losses.dpo_sigmoid_loss(cw, cl, beta), rtol=1e-6)
     margin = torch.zeros(1, requires_grad=True)
     losses.preference_mle_loss(margin, torch.zeros(1), beta, torch.tensor([0.5])).sum().backward()
@@ -140,6 +141,9 @@ def test_dpo_family_trains_and_caches_reference_log_probs(tmp_path, tokenizer, c
         assert abs(hist["loss"][0] - np.log(2)) < 1e-4  # policy == reference at step 0
         assert hist["reward_accuracy"][-3:].mean() > 0.6
         assert hist["loss"][-3:].mean() < hist["loss"][0]
+    if loss in ("preference_mle", "preference_distillation"):  # eq. 3 reads no reference log-probs on the pairs
+        assert dpo.reference_cache_ is None and "kl" in hist.columns
+        return
     assert not dpo.metrics_["reference_cache_hit"]
     if loss != "sigmoid":
         return
