@@ -12,7 +12,8 @@ and TRL, plus `workbench_reward_model.json` (version hash, config, metrics, trun
 
 The same code runs in one process or under `accelerate launch` (DDP on CPU/gloo or GPUs): each
 global batch of `batch_size` pairs is split evenly over the processes and the loss is scaled so
-that the averaged gradient equals the one-process gradient.
+that the averaged gradient equals the one-process gradient; `gradient_accumulation_steps` splits
+each process's share into micro-batches with the same summed gradient (less memory, same model).
 
 Truncation rule (stated, counted, reported in `truncation_`): a sequence is
 [special tokens] + prompt + response. When it exceeds `max_length`, the response keeps its FIRST
@@ -22,6 +23,7 @@ as the response keeps at least half of the budget. Nothing is dropped.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -51,6 +53,7 @@ class NeuralRewardConfig:
     model: str | None = None  # local Hugging Face folder; None = the packaged all-MiniLM-L6-v2
     max_length: int = 256
     batch_size: int = 8  # pairs per optimiser step, over all processes
+    gradient_accumulation_steps: int = 1  # micro-batches per optimiser step (same gradient, less memory)
     eval_batch_size: int = 32  # sequences per inference batch
     epochs: int = 1
     learning_rate: float = 5e-5
@@ -99,6 +102,9 @@ class NeuralRewardConfig:
             raise ValueError("max_length must be at least 8 tokens")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be positive")
+        if not isinstance(self.gradient_accumulation_steps, int) or not 1 <= self.gradient_accumulation_steps <= self.batch_size:
+            raise ValueError(f"gradient_accumulation_steps must be an integer in [1, batch_size={self.batch_size}], "
+                             f"got {self.gradient_accumulation_steps!r}")
         if self.ties not in ("davidson", "drop"):
             raise ValueError("ties must be 'davidson' or 'drop'")
         if self.precision not in ("fp32", "bf16"):
@@ -463,9 +469,16 @@ class NeuralRewardModel:
                 global_idx = batches[step_in_epoch]
                 n_global = len(global_idx) - len(global_idx) % world
                 local = global_idx[:n_global][rank::world]
-                loss_sum = self._batch_loss_sum(module, train, local, accelerator)
-                loss = loss_sum * (world / n_global)
-                accelerator.backward(loss)
+                # gradient accumulation: micro-batches of the local pairs, each loss scaled so that
+                # the summed gradient is the whole batch's; DDP syncs only on the last one
+                micro_batches = [m for m in np.array_split(local, cfg.gradient_accumulation_steps) if len(m)]
+                loss_sum = 0.0
+                for k, micro in enumerate(micro_batches):
+                    sync = contextlib.nullcontext() if k == len(micro_batches) - 1 else accelerator.no_sync(module)
+                    with sync:
+                        micro_sum = self._batch_loss_sum(module, train, micro, accelerator)
+                        accelerator.backward(micro_sum * (world / n_global))
+                    loss_sum = loss_sum + micro_sum.detach()
                 if cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
                 optimizer.step()
@@ -476,7 +489,7 @@ class NeuralRewardModel:
                 state["global_step"] += 1
                 state["step_in_epoch"] = step_in_epoch + 1
                 state["history"].append({"step": state["global_step"], "epoch": epoch, "loss": mean_loss,
-                                         "lr": scheduler.get_last_lr()[0]})
+                                         "lr": scheduler.get_last_lr()[0], "micro_batches": len(micro_batches)})
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(loss=f"{mean_loss:.4f}")

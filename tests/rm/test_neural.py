@@ -117,6 +117,35 @@ def test_davidson_ties_in_neural_model(tiny_model_dir):
     assert m2.tie_log_nu_ is None and m2.counts_["n_dropped_ties"] == m.counts_["n_ties"]
 
 
+def test_gradient_accumulation_trains_the_same_model_as_one_big_batch(tiny_model_dir):
+    """4 micro-batches of 2 pairs per step give the gradient of the 8-pair batch: same weights,
+    same loss curve (the Davidson tie parameter and the centering term included)."""
+    import torch
+
+    frame, _ = simulated_pairs(48, seed=4, tie_rate=0.2)
+    kw = dict(epochs=1, eval_fraction=0.0, center_coef=0.01, seed=3)
+    whole = NeuralRewardModel(_cfg(tiny_model_dir, **kw)).fit(frame)
+    accumulated = NeuralRewardModel(_cfg(tiny_model_dir, gradient_accumulation_steps=4, **kw)).fit(frame)
+    assert whole.tie_log_nu_ is not None
+    steps = lambda m: m.history_frame.filter(pl.col("loss").is_not_null())
+    assert (steps(accumulated)["micro_batches"] == 4).all() and (steps(whole)["micro_batches"] == 1).all()
+    np.testing.assert_allclose(steps(accumulated)["loss"].to_numpy(), steps(whole)["loss"].to_numpy(), rtol=1e-4)
+    # the two models differ by float rounding only: far less than what training moved the weights
+    from transformers import AutoModelForSequenceClassification
+
+    init = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).state_dict()
+    a, b = whole.model_.state_dict(), accumulated.model_.state_dict()
+    moved = torch.sqrt(sum(((a[k].float() - init[k].float()) ** 2).sum() for k in init))
+    apart = torch.sqrt(sum(((a[k].float() - b[k].float()) ** 2).sum() for k in init))
+    print(f"training moved the weights by {moved:.3e}; the two runs differ by {apart:.3e}")
+    assert moved > 1e-2 and apart < 1e-3 * moved
+    assert abs(whole.tie_log_nu_ - accumulated.tie_log_nu_) < 1e-4
+    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
+        NeuralRewardModel(_cfg(tiny_model_dir, gradient_accumulation_steps=9)).fit(frame)
+    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
+        NeuralRewardModel(_cfg(tiny_model_dir, gradient_accumulation_steps=0)).fit(frame)
+
+
 def test_length_grouped_batches_cover_everything_once_and_cut_padding():
     rng = np.random.default_rng(0)
     lengths = rng.integers(5, 500, size=1000)
