@@ -126,6 +126,20 @@ def _check_preference(preference: np.ndarray, mask: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+def _checked_wins(log_reference: np.ndarray, wins: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Validate a win-count table against the reference's candidate mask; returns
+    ``(log_reference, mask, pair_mask, wins)`` with the wins zeroed outside real pairs."""
+    log_reference = np.asarray(log_reference, dtype=np.float64)
+    mask = _mask_of(log_reference)
+    wins = np.asarray(wins, dtype=np.float64)
+    if wins.shape != mask.shape + (mask.shape[1],):
+        raise ValueError(f"wins must have shape {mask.shape + (mask.shape[1],)}, got {wins.shape}")
+    if np.any(wins < 0) or not np.all(np.isfinite(wins)):
+        raise ValueError("wins must be finite and >= 0")
+    pair = mask[:, :, None] & mask[:, None, :]
+    return log_reference, mask, pair, np.where(pair, wins, 0.0)
+
+
 def kl_regularized_optimum(log_reference: np.ndarray, reward: np.ndarray, beta: float) -> np.ndarray:
     """argmax_pi E_pi[r] - beta KL(pi || pi_ref) = pi_ref exp(r / beta) / Z (DPO paper, eq. 4)."""
     beta = _check_positive("beta", beta)
@@ -160,15 +174,7 @@ def fit_direct_preference(
     beta = _check_positive("beta", beta)
     if loss not in ("sigmoid", "ipo"):
         raise ValueError(f"loss must be 'sigmoid' or 'ipo', got {loss!r}")
-    log_reference = np.asarray(log_reference, dtype=np.float64)
-    mask = _mask_of(log_reference)
-    wins = np.asarray(wins, dtype=np.float64)
-    if wins.shape != mask.shape + (mask.shape[1],):
-        raise ValueError(f"wins must have shape {mask.shape + (mask.shape[1],)}, got {wins.shape}")
-    if np.any(wins < 0) or not np.all(np.isfinite(wins)):
-        raise ValueError("wins must be finite and >= 0")
-    pair = mask[:, :, None] & mask[:, None, :]
-    wins = np.where(pair, wins, 0.0)
+    log_reference, mask, pair, wins = _checked_wins(log_reference, wins)
     shape = mask.shape
     margin = 1.0 / (2.0 * beta)
 
@@ -221,15 +227,7 @@ def fit_preference_mle(
     beta = float(beta)
     if not np.isfinite(beta) or beta < 0:
         raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
-    log_reference = np.asarray(log_reference, dtype=np.float64)
-    mask = _mask_of(log_reference)
-    wins = np.asarray(wins, dtype=np.float64)
-    if wins.shape != mask.shape + (mask.shape[1],):
-        raise ValueError(f"wins must have shape {mask.shape + (mask.shape[1],)}, got {wins.shape}")
-    if np.any(wins < 0) or not np.all(np.isfinite(wins)):
-        raise ValueError("wins must be finite and >= 0")
-    pair = mask[:, :, None] & mask[:, None, :]
-    wins = np.where(pair, wins, 0.0)
+    log_reference, mask, pair, wins = _checked_wins(log_reference, wins)
     per_prompt = wins.sum(axis=(1, 2))
     if np.any(per_prompt <= 0):
         raise ValueError(f"{int(np.sum(per_prompt <= 0))} prompt(s) have no comparison: nothing to learn from")
