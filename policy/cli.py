@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -121,8 +122,8 @@ def handle_train(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, STAGE_CONFIGS[stage])
     except ConfigError as exc:
-        print(f"error: {exc}")
-        return 2
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     import workbench
 
     store = workbench.open(getattr(args, "db", None))
@@ -138,8 +139,8 @@ def handle_train(args: argparse.Namespace) -> int:
         else:
             result = _run_lm(stage, version, config, fitted, store, args.resume, parent_run_id=args.rm)
     except (ValueError, TypeError, FileNotFoundError, KeyError, LookupError) as exc:
-        print(f"error: {exc}")
-        return 2
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(result, indent=2, default=str))
     return 0
 

@@ -73,13 +73,13 @@ def test_bad_config_fails_before_touching_the_store(tmp_path, capsys):
     config.write_text("beta: 0\n")
     db = f"sqlite:///{tmp_path / 'never.db'}"
     args = build_parser().parse_args(["--db", db, "train", "dpo", "v1", "--config", str(config)])
-    assert args.func(args) == 2
-    assert "beta must be a number > 0" in capsys.readouterr().out
+    assert args.func(args) == 1
+    assert "beta must be a number > 0" in capsys.readouterr().err
     assert not (tmp_path / "never.db").exists()
     config.write_text("taux: 0.1\n")
     args = build_parser().parse_args(["--db", db, "train", "nash", "v1", "--config", str(config)])
-    assert args.func(args) == 2
-    assert "unknown key(s) ['taux']" in capsys.readouterr().out
+    assert args.func(args) == 1
+    assert "unknown key(s) ['taux']" in capsys.readouterr().err
 
 
 def test_lm_stage_needs_a_fitted_model_and_a_local_model(tmp_path, simulated_store, capsys):
@@ -87,11 +87,11 @@ def test_lm_stage_needs_a_fitted_model_and_a_local_model(tmp_path, simulated_sto
     config = tmp_path / "c.yaml"
     config.write_text(f"model: {tmp_path / 'missing'}\n")
     args = build_parser().parse_args(["--db", db, "train", "ppo", "v1", "--config", str(config)])
-    assert args.func(args) == 2
-    assert "needs --rm" in capsys.readouterr().out
+    assert args.func(args) == 1
+    assert "needs --rm" in capsys.readouterr().err
     args = build_parser().parse_args(["--db", db, "train", "sft", "v1", "--config", str(config)])
-    assert args.func(args) == 2
-    assert "model folder not found" in capsys.readouterr().out
+    assert args.func(args) == 1
+    assert "model folder not found" in capsys.readouterr().err
 
 
 def test_ppo_on_a_fitted_reward_model_run_keeps_lineage_and_beats_the_reference(tmp_path, simulated_store, capsys):
