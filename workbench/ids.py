@@ -46,8 +46,9 @@ def digest_series(keys: Any, prefix: str = "") -> Any:
     """
     import polars as pl
 
-    sha = hashlib.sha256
-    raw = [sha(k.encode("utf-8", "surrogatepass")).digest() for k in (keys + SEP).to_list()]
+    # polars strings are valid UTF-8 (no lone surrogates), so their bytes are what
+    # ``str.encode("utf-8", "surrogatepass")`` gives; ``map`` spares a Python frame per key.
+    raw = [h.digest() for h in map(hashlib.sha256, (keys + SEP).cast(pl.Binary).to_list())]
     out = pl.Series(keys.name, raw, dtype=pl.Binary).bin.encode("hex").str.slice(0, _ID_HEX)
     return (prefix + out) if prefix else out
 

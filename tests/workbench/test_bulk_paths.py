@@ -112,3 +112,27 @@ def test_bulk_import_restores_the_connection_settings(tmp_path):
         with pytest.raises(Exception, match="FOREIGN KEY"):
             raw.execute("INSERT INTO responses (response_id, prompt_id, text, created_at) VALUES ('r1', 'no-such-prompt', 't', '2024-01-01')")
     store.close()
+
+
+def test_versions_hashed_with_the_first_definition_still_verify(store):
+    """A store written before content hash v2 holds v1 hashes: deep verify accepts them and still
+    refuses rows that match neither."""
+    import sqlalchemy as sa
+
+    from workbench import schema
+    from workbench.versions import TamperedVersion, content_hash, content_hash_v1
+
+    store.add_comparisons(_mixed_frame())
+    v = store.snapshot("old")
+    frame = v.to_polars()
+    assert content_hash(frame) == v.hash and content_hash_v1(frame) != v.hash
+    with store.engine.begin() as conn:  # what an older workbench recorded
+        conn.execute(sa.update(schema.versions).where(schema.versions.c.name == "old")
+                     .values(content_hash=content_hash_v1(frame)))
+    old = store.version("old")
+    assert old.hash == content_hash_v1(frame)
+    old.verify(deep=True)
+    with store.engine.begin() as conn:
+        conn.execute(sa.update(schema.versions).where(schema.versions.c.name == "old").values(content_hash="0" * 64))
+    with pytest.raises(TamperedVersion, match="content hash"):
+        store.version("old").verify(deep=True)
