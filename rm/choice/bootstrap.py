@@ -4,9 +4,11 @@ Resampling comparisons with independent Poisson(1) weights (Hanley & MacGibbon 2
 "Poisson bootstrap" of Chamandy et al. 2012) makes the count of each (row, outcome) cell an
 independent Poisson(count) draw, so a bootstrap round never touches the raw comparisons.
 
-Draws use an exact inverse-CDF table: a 16-bit uniform picks a bucket of the Poisson CDF; the
-rare buckets that straddle a CDF step (about one in 10^4) are resolved with a fresh 53-bit
-uniform, so the draws are exact Poisson, at about one nanosecond each.
+Draws use an exact inverse-CDF table: a 16-bit uniform (four from each raw 64-bit output of
+the generator) picks a bucket of the Poisson CDF; the rare buckets that straddle a CDF step
+(about one in 10^4) are resolved with a fresh 53-bit uniform, so the draws are exact Poisson,
+at one or two nanoseconds each.  Cells are grouped by mean so each group reads one 64 KB table
+row, and the draws can be kept as one-byte integers (a mean of at most 32 draws at most 177).
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ import numpy as np
 from scipy.stats import poisson
 
 TABLE_MAX_MEAN = 32
-_FLAG = np.uint16(0xFFFF)
+_FLAG = np.uint8(0xFF)  # the largest table entry is 177 (mean 32)
 
 
 @lru_cache(maxsize=1)
 def _tables():
     u = np.arange(65536, dtype=np.float64)
-    table = np.empty((TABLE_MAX_MEAN + 1, 65536), dtype=np.uint16)
+    table = np.empty((TABLE_MAX_MEAN + 1, 65536), dtype=np.uint8)
     cdfs = []
     for lam in range(TABLE_MAX_MEAN + 1):
         kmax = int(lam + 20 * np.sqrt(lam + 1) + 30)
@@ -32,42 +34,45 @@ def _tables():
         cdfs.append(cdf)
         lo = np.searchsorted(cdf, u / 65536.0, side="right")
         hi = np.searchsorted(cdf, (u + 1.0) / 65536.0, side="left")
-        row = np.where(lo == hi, lo, _FLAG).astype(np.uint16)
-        table[lam] = row
+        table[lam] = np.where(lo == hi, lo, _FLAG).astype(np.uint8)
     return table, cdfs
 
 
-def poisson_counts(counts: np.ndarray, n_rounds: int, rng: np.random.Generator) -> np.ndarray:
-    """Draw ``Poisson(counts[i])`` for every cell and round: returns ``(len(counts), n_rounds)``."""
+def _uniform16(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` uniform 16-bit integers: four from each raw 64-bit output of the generator."""
+    return rng.bit_generator.random_raw((n + 3) // 4).view(np.uint16)[:n]
+
+
+def poisson_counts(counts: np.ndarray, n_rounds: int, rng: np.random.Generator,
+                   dtype=np.float64) -> np.ndarray:
+    """Draw ``Poisson(counts[i])`` for every cell and round: returns ``(len(counts), n_rounds)``
+    of ``dtype`` (a small integer type keeps the draws compact: 1-2 bytes a cell).
+
+    Cells are grouped by their (integral, at most 32) mean, so each group reads one 64 KB row of
+    the inverse-CDF table; other means use ``rng.poisson``.
+    """
     counts = np.asarray(counts)
-    nz = np.flatnonzero(counts > 0)
-    if not len(nz):
-        return np.zeros((len(counts), n_rounds))
-    lam = counts[nz]
-    integral = lam == np.round(lam)
-    small = integral & (lam <= TABLE_MAX_MEAN)
+    n_rounds = int(n_rounds)
+    out = np.zeros((len(counts), n_rounds), dtype=dtype)
+    lam = counts
+    table_ok = (lam > 0) & (lam == np.round(lam)) & (lam <= TABLE_MAX_MEAN)
     table, cdfs = _tables()
-    idx_small = nz[small]
-    all_small = len(idx_small) == len(counts)
-    out = None if all_small else np.zeros((len(counts), n_rounds), dtype=np.float64)
-    if len(idx_small):
-        lam_i = lam[small].astype(np.intp)
-        u = rng.integers(0, 65536, size=(len(idx_small), n_rounds), dtype=np.uint16)
-        draws = table[lam_i[:, None], u]
-        flagged = np.flatnonzero(draws.ravel() == _FLAG)
+    lam_int = np.where(table_ok, lam, 0).astype(np.intp)
+    order = np.argsort(lam_int, kind="stable")
+    edges = np.searchsorted(lam_int[order], np.arange(TABLE_MAX_MEAN + 2))
+    for value in range(1, TABLE_MAX_MEAN + 1):
+        rows = order[edges[value]:edges[value + 1]]
+        if not len(rows):
+            continue
+        u = _uniform16(rng, len(rows) * n_rounds)
+        draws = table[value][u]
+        flagged = np.flatnonzero(draws == _FLAG)
         if len(flagged):
-            rows, cols = np.divmod(flagged, n_rounds)
-            exact = (u[rows, cols] + rng.random(len(rows))) / 65536.0
-            lam_f = lam_i[rows]
-            vals = np.empty(len(rows), dtype=np.uint16)
-            for lv in np.unique(lam_f):
-                sel = lam_f == lv
-                vals[sel] = np.searchsorted(cdfs[lv], exact[sel], side="right")
-            draws[rows, cols] = vals
-        if all_small:
-            return draws.astype(np.float64)
-        out[idx_small] = draws
-    idx_big = nz[~small]
-    if len(idx_big):
-        out[idx_big] = rng.poisson(lam[~small][:, None], size=(len(idx_big), n_rounds))
+            # the 16-bit bucket straddles a CDF step: place a fresh 53-bit uniform inside it
+            exact = (u[flagged] + rng.random(len(flagged))) / 65536.0
+            draws[flagged] = np.searchsorted(cdfs[value], exact, side="right")
+        out[rows] = draws.reshape(len(rows), n_rounds)
+    big = np.flatnonzero((lam > 0) & ~table_ok)
+    if len(big):
+        out[big] = rng.poisson(lam[big][:, None], size=(len(big), n_rounds))
     return out

@@ -53,7 +53,7 @@ import scipy.linalg as sla
 from scipy.stats import norm
 
 from . import solvers
-from .bootstrap import poisson_counts
+from .bootstrap import TABLE_MAX_MEAN, poisson_counts
 from .data import NoFiniteMLEError, PairCounts, aggregate, check_identifiable, save_npz_atomically
 from .outcomes import make_outcome
 
@@ -177,6 +177,10 @@ class BradleyTerry:
     def fit(self, data, item_a: str = "model_a", item_b: str = "model_b", label: str = "label",
             shown_left: str = "shown_left", annotator: str = "annotator_id"):
         """Fit on a workbench ``Version`` or a polars/pandas comparisons frame; returns self."""
+        with solvers.one_blas_thread():
+            return self._fit(data, item_a, item_b, label, shown_left, annotator)
+
+    def _fit(self, data, item_a, item_b, label, shown_left, annotator):
         self._check_params()
         pairs, version_hash = self._aggregate(data, item_a, item_b, label, shown_left, annotator,
                                               fitted=False)
@@ -231,7 +235,7 @@ class BradleyTerry:
         result = run(obj, phi0, tol=self.tol, max_iter=self.max_iter)
         if not result.converged:
             warnings.warn(f"{type(self).__name__}: the solver stopped after {result.iterations} "
-                          "iterations without meeting the tolerance", RuntimeWarning, stacklevel=2)
+                          "iterations without meeting the tolerance", RuntimeWarning, stacklevel=3)
         self._obj = obj
         self._pairs = pairs
         self._outcome = outcome
@@ -250,7 +254,9 @@ class BradleyTerry:
         tot_t = float(np.sum(pairs.ties))
         tot_b = float(np.sum(pairs.both_bad))
         self.both_bad_share_ = (tot_b / (tot_t + tot_b)) if self.both_bad == "separate" and tot_t + tot_b else None
-        self.log_likelihood_ = obj.loglik(result.phi) + self._split_loglik(tot_t, tot_b)
+        # the solver's objective is -loglik + prior penalty at result.phi: no extra pass
+        self.log_likelihood_ = (-(result.value - float(obj._penalty(result.phi)))
+                                + self._split_loglik(tot_t, tot_b))
         self.objective_ = result.value
         self._finish(obj, result, pairs)
         return self
@@ -278,34 +284,50 @@ class BradleyTerry:
         scores = normalize(phi[ss])
         free = obj.free_mask()
         z = norm.ppf(0.5 + self.confidence / 2.0)
-        cov = None
+        self._free = free
+        self._covariance = None
+        var_all = None
         if self._method == "dense":
             try:
-                factor = result.factor
-                if factor is None:
-                    H = obj.assemble_dense(obj.derivatives(phi, "none"), free)
-                    factor = solvers.cholesky(H)
-                cov = solvers.cho_inverse(factor)  # pinned coordinates get 1 on the diagonal
-                cov[~free, :] = 0.0
-                cov[:, ~free] = 0.0
+                # the Hessian at the optimum (the solver's last pass computed its pieces)
+                pieces = getattr(result, "pieces", None) or obj.derivatives(phi, "none")
+                factor = solvers.cholesky(obj.assemble_dense(pieces, free))
+                # diag(H^-1) from the triangular inverse (half the work of the full inverse)
+                var_all = solvers.inverse_diagonal(factor)
+                if not np.all(np.isfinite(var_all)):
+                    raise np.linalg.LinAlgError("non-finite inverse")
+                var_all[~free] = 0.0
                 self._factor = factor
             except (np.linalg.LinAlgError, sla.LinAlgError):
                 warnings.warn("the Hessian at the optimum is singular: no standard errors",
-                              RuntimeWarning, stacklevel=3)
+                              RuntimeWarning, stacklevel=4)
                 self._factor = None
+                var_all = None
         else:
             self._factor = None
-        if cov is not None:
-            Css = cov[ss, ss]
+        if var_all is not None:
+            P = obj.layout.size
+
+            def cov_times(v):  # H^-1 v restricted to the free coordinates
+                v = np.where(free, v, 0.0)
+                out = solvers.cho_solve(self._factor, v)
+                out[~free] = 0.0
+                return out
+
+            diag_s = var_all[ss]
             if self._anchor_idx is not None:
                 a = self._anchor_idx
-                var_s = np.diag(Css) + Css[a, a] - 2.0 * Css[:, a]
+                e = np.zeros(P)
+                e[a] = 1.0
+                col_a = cov_times(e)[ss]
+                var_s = diag_s + col_a[a] - 2.0 * col_a
             elif self._reference is not None:
-                mean_row = Css.mean(axis=1)
-                var_s = np.diag(Css) - 2.0 * mean_row + Css.mean()
+                e = np.zeros(P)
+                e[ss] = 1.0
+                mean_row = cov_times(e)[ss] / K
+                var_s = diag_s - 2.0 * mean_row + mean_row.mean()
             else:
-                var_s = np.diag(Css)
-            var_all = np.diag(cov)
+                var_s = diag_s
             self.std_error_method_ = "fisher"
         else:
             # large problems: conditional standard errors 1/sqrt(H_ii) (a lower bound)
@@ -317,7 +339,6 @@ class BradleyTerry:
             if E:
                 var_all[K:] = np.diag(np.linalg.pinv(pieces["extra"]))
             self.std_error_method_ = "conditional"
-        self.covariance_ = cov
         se_s = np.sqrt(np.maximum(var_s, 0.0))
         factor = _elo_factor(self.link)
         table = pairs.item_table().with_columns(
@@ -373,6 +394,18 @@ class BradleyTerry:
                 self.tie_params_ = {"eta": eta, "eta_std_error": eta_se, "theta": math.exp(eta)}
             if self.both_bad_share_ is not None:
                 self.tie_params_["both_bad_share"] = self.both_bad_share_
+
+    @property
+    def covariance_(self):
+        """Covariance of the solved parameters (inverse Fisher information at the optimum; the
+        pinned reference item has zero rows), computed on first use; None for the sparse solver
+        or a loaded model."""
+        if getattr(self, "_covariance", None) is None and getattr(self, "_factor", None) is not None:
+            cov = solvers.cho_inverse(self._factor)
+            cov[~self._free, :] = 0.0
+            cov[:, ~self._free] = 0.0
+            self._covariance = cov
+        return getattr(self, "_covariance", None)
 
     # --------------------------------------------------------------- prediction
     def _check_fitted(self):
@@ -531,18 +564,28 @@ class BradleyTerry:
 
     # --------------------------------------------------------------- bootstrap
     def bootstrap(self, n_rounds: int = 100, seed=None, *, method: str = "exact",
-                  tol: float = 1e-7, max_cells: int = 10_000_000):
+                  tol: float = 1e-6, max_cells: int = 60_000_000):
         """Poisson-bootstrap all rounds at once; adds ``bootstrap_*`` columns to ``scores_``.
 
         Each round reweights the aggregated cell counts (exact Poisson draws).  ``method=
-        "exact"`` solves every round to ``max |step| < tol`` by chord-Newton steps with Anderson
-        acceleration from the full-data optimum (full-data Hessian), all rounds in one batch of
-        sparse matrix products; ``"one-step"`` takes a single Newton step per round (the
-        estimating-function bootstrap, error second order in the sampling noise, no exp per
-        round).  Rounds whose resample has no finite optimum are dropped (``bootstrap_failed_``).
+        "exact"`` solves every round to convergence - the error left predicted below ``tol`` in
+        every score and the objective gap below the fit's own tolerance (``tol`` of the
+        estimator) - by chord-Newton steps with Anderson acceleration from the full-data optimum
+        with the full-data Hessian's factorization, all rounds in one batch of sparse matrix
+        products; its rounds equal independent refits (tests/choice/test_fast_paths.py).  Plain
+        logit Bradley-Terry keeps the rounds' counts as 1-2 byte integers and works through the
+        rows in cache-sized blocks (:class:`solvers.PlainRounds`).  ``"one-step"`` takes a single
+        Newton step per round (the estimating-function bootstrap, error second order in the
+        sampling noise, no exp per round).  ``max_cells`` bounds rows x rounds per batch
+        (memory).  Rounds whose resample has no finite optimum are dropped
+        (``bootstrap_failed_``).
         """
         if method not in ("exact", "one-step"):
             raise ValueError(f"method must be 'exact' or 'one-step', got {method!r}")
+        with solvers.one_blas_thread():
+            return self._bootstrap(n_rounds, seed, method, tol, max_cells)
+
+    def _bootstrap(self, n_rounds, seed, method, tol, max_cells):
         self._check_fitted()
         if not hasattr(self, "_obj"):
             raise NotFittedError("bootstrap needs the training data: refit after load()")
@@ -559,27 +602,36 @@ class BradleyTerry:
                 out[~free] = 0.0
                 return out
         else:
-            pattern = solvers.laplacian_pattern(obj.first, obj.second, obj.layout.K)
-            H = solvers.SparseHessian(obj, pattern, obj.derivatives(self.params_, "sparse"))
+            H = solvers.SparseHessian(obj, obj.derivatives(self.params_, "sparse"))
 
             def solve(G):
                 return solvers.pcg(H, G, free, rtol=1e-10)[0]
 
         R = pairs.n_rows
-        chunk = max(1, min(n_rounds, max_cells // max(R, 1)))
+        # plain logit Bradley-Terry keeps the rounds' counts as small integers (2-4 bytes a
+        # cell); the general path holds several float64 (R, B) matrices (~50 bytes a cell)
+        top = max(float(np.max(c, initial=0.0)) for c in
+                  (pairs.wins, pairs.losses, pairs.ties, pairs.both_bad))
+        compact = obj._plain and top <= 10_000
+        chunk = max(1, min(n_rounds, (max_cells if compact else max_cells // 6) // max(R, 1)))
         normalize = self._normalizer(obj.layout.K)
         ss, _, _, _ = obj.layout.slices()
         samples, ok_all = [], []
         done = 0
         while done < n_rounds:
             B = min(chunk, n_rounds - done)
-            w = poisson_counts(pairs.wins, B, rng)
-            lo = poisson_counts(pairs.losses, B, rng)
-            t = poisson_counts(pairs.ties, B, rng) if pairs.ties.any() else 0.0
-            bb = poisson_counts(pairs.both_bad, B, rng) if pairs.both_bad.any() else 0.0
+            # means up to 32 draw from the table (at most 177): one byte a cell
+            dtype = (np.uint8 if top <= TABLE_MAX_MEAN else np.uint32) if compact else np.float64
+            w = poisson_counts(pairs.wins, B, rng, dtype)
+            lo = poisson_counts(pairs.losses, B, rng, dtype)
+            t = poisson_counts(pairs.ties, B, rng, dtype) if pairs.ties.any() else 0.0
+            bb = poisson_counts(pairs.both_bad, B, rng, dtype) if pairs.both_bad.any() else 0.0
             counts = self._counts(pairs, w, lo, t, bb)
+            if compact:
+                counts = self._compact_rounds(obj, counts)
             if method == "exact":
-                phi, ok = solvers.chord_batch(obj, self.params_, counts, solve, tol=tol)
+                phi, ok = solvers.chord_batch(obj, self.params_, counts, solve, tol=tol,
+                                              ftol=self.tol, fscale=self.objective_)
             else:
                 phi, ok = solvers.one_step_batch(obj, self.params_, counts, solve)
             samples.append(normalize(phi[ss]).T)
@@ -591,7 +643,7 @@ class BradleyTerry:
         if self.bootstrap_failed_:
             warnings.warn(f"{self.bootstrap_failed_} of {n_rounds} bootstrap rounds had no finite "
                           "optimum (a resample disconnected the graph) and were dropped; "
-                          "consider l2=...", RuntimeWarning, stacklevel=2)
+                          "consider l2=...", RuntimeWarning, stacklevel=3)
         good = samples[ok]
         if len(good) < 2:
             raise NoFiniteMLEError("fewer than 2 bootstrap rounds converged")
@@ -608,6 +660,24 @@ class BradleyTerry:
         base = self.scores_.drop([c for c in boot.columns if c != "item" and c in self.scores_.columns])
         self.scores_ = base.join(boot, on="item", how="left", maintain_order="left")
         return self
+
+    @staticmethod
+    def _compact_rounds(obj, counts):
+        """Rounds' (wins, losses, ties) draws as :class:`solvers.PlainRounds`: counts doubled when
+        ties count half, so they stay integers."""
+        w, lo, t = counts
+        wide = np.uint16 if w.dtype == np.uint8 else np.uint32
+        if obj.outcome.tie_weight and not (np.ndim(t) == 0 and t == 0):
+            scale = int(round(1.0 / obj.outcome.tie_weight))  # 2: prepared w + t/2 -> 2w + t
+            wins = np.multiply(w, scale, dtype=wide)
+            wins += t
+            totals = np.add(w, lo, dtype=wide)
+            totals += t
+            totals *= scale
+        else:
+            scale = 1
+            wins, totals = w, np.add(w, lo, dtype=wide)
+        return solvers.PlainRounds(obj, wins, totals, scale=scale)
 
     # --------------------------------------------------------------- persistence
     def save(self, path) -> Path:

@@ -10,7 +10,8 @@ and the tie parameter ``eta`` of the outcome model.  Parameters are stacked as
   ``np.bincount`` over the aggregated rows, O(R + P^2)), a Cholesky solve and backtracking.
   Used up to ``dense_limit`` items (a few thousand).
 * :func:`newton_cg` - truncated Newton with a sparse item Hessian (a weighted graph Laplacian
-  kept in CSR with a fixed pattern) and preconditioned conjugate gradients, O(R + K) memory.
+  whose CSR data are the row weights themselves) and preconditioned conjugate gradients,
+  O(R + K) memory.
   Used for large K (100k+ items).
 * :func:`chord_batch` - all bootstrap rounds at once: the rounds' gradients are one sparse
   matrix product over ``(R, B)`` count matrices and every round takes chord-Newton steps with
@@ -32,11 +33,17 @@ from threadpoolctl import ThreadpoolController
 _THREADPOOLS = None
 
 
-def _one_blas_thread():
+def one_blas_thread():
+    """Context: BLAS on one thread.  The estimators fit inside it: on shared cores a threaded
+    OpenBLAS call waits for its sleeping workers (a 0.04 ms dot product took 6 ms) and dense
+    factorizations slow down by 10-30x."""
     global _THREADPOOLS
     if _THREADPOOLS is None:
         _THREADPOOLS = ThreadpoolController()
     return _THREADPOOLS.limit(limits=1, user_api="blas")
+
+
+_one_blas_thread = one_blas_thread
 
 from .outcomes import OutcomeModel
 
@@ -80,18 +87,77 @@ class Objective:
         self.reference = reference
         R = len(self.first)
         P = self.layout.size
+        # rows sorted by first item (as aggregate() makes them): per-item sums over the first
+        # items are segment sums (np.add.reduceat), ~4x faster than np.bincount, which stalls on
+        # runs of the same index
+        self._first_runs = None
+        if R and bool(np.all(self.first[1:] >= self.first[:-1])):
+            starts = np.flatnonzero(self.first[1:] != self.first[:-1])
+            starts += 1
+            starts = np.concatenate([[0], starts])
+            self._first_runs = (starts, self.first[starts])
         # rows are distinct item pairs when nothing else splits them: scatter without summing
-        self._unique_pairs = self.Z is None and self.annotator is None and bool(
-            np.all(self.first < self.second))
+        self._unique_pairs = False
+        if self.Z is None and self.annotator is None and bool(np.all(self.first < self.second)):
+            if self._first_runs is not None:  # sorted by first: check the seconds within runs
+                d = np.diff(self.second)
+                d[self._first_runs[0][1:] - 1] = 1  # a new first item starts a new run
+                self._unique_pairs = bool(np.all(d > 0))
+            if not self._unique_pairs:
+                key = self.first * K + self.second
+                self._unique_pairs = len(np.unique(key)) == len(key)
         if self._unique_pairs:
-            key = self.first * K + self.second
-            self._unique_pairs = bool(np.all(np.diff(key) > 0)) or len(np.unique(key)) == len(key)
-        lo = np.maximum(self.first, self.second)
-        hi = np.minimum(self.first, self.second)
-        self._lower_flat = lo * P + hi if self._unique_pairs else None
-        self._lower_key = None if self._unique_pairs else lo * K + hi
+            # (second, first) is in the lower triangle
+            self._lower_flat = self.second * P
+            self._lower_flat += self.first
+            self._lower_key = None
+        else:
+            lo = np.maximum(self.first, self.second)
+            hi = np.minimum(self.first, self.second)
+            self._lower_flat = None
+            self._lower_key = lo * K + hi
         self.R = R
         self._incidence = None
+        # plain logit Bradley-Terry (no covariates, annotators or tie parameter): derivatives from
+        # item strengths pi = exp(s) without an exp per row (see _plain_pieces)
+        self._plain = (self.Z is None and self.annotator is None and outcome.n_params == 0
+                       and outcome.link.name == "logit" and np.ndim(self.prepared[0]) == 1
+                       and len(self.prepared) == 3)
+        if self._plain:
+            w, lo, _ = self.prepared
+            self._wins_as = (self.sum_first(w), self.sum_second(w))
+            self._losses_as = (self.sum_first(lo), self.sum_second(lo))
+            self._net_wins = self._wins_as[0] - self._wins_as[1]
+            self._net_losses = self._losses_as[0] - self._losses_as[1]
+
+    def upper_structure(self):
+        """CSR arrays ``(indptr, indices, perm)`` of the K x K matrix with row r's entry at
+        ``(first_r, second_r)``; ``perm`` orders the rows by first item (None when they already
+        are).  Built once per objective by a counting sort, O(R + K)."""
+        if getattr(self, "_upper", None) is None:
+            K, R = self.layout.K, self.R
+            index = np.int32 if max(K, R) < 2**31 - 1 else np.int64
+            perm = None if self._first_runs is not None else np.argsort(self.first, kind="stable")
+            firsts = self.first if perm is None else self.first[perm]
+            indptr = np.zeros(K + 1, dtype=index)
+            np.cumsum(np.bincount(firsts, minlength=K), out=indptr[1:])
+            indices = (self.second if perm is None else self.second[perm]).astype(index)
+            self._upper = (indptr, indices, perm)
+        return self._upper
+
+    def sum_first(self, x) -> np.ndarray:
+        """``sum_{r: first_r = i} x_r`` for every item ``i``."""
+        K = self.layout.K
+        if self._first_runs is None:
+            return np.bincount(self.first, x, K)
+        starts, items = self._first_runs
+        out = np.zeros(K)
+        out[items] = np.add.reduceat(x, starts)
+        return out
+
+    def sum_second(self, x) -> np.ndarray:
+        """``sum_{r: second_r = i} x_r`` for every item ``i``."""
+        return np.bincount(self.second, x, self.layout.K)
 
     # ------------------------------------------------------------------ parameters
     def initial(self) -> np.ndarray:
@@ -100,9 +166,13 @@ class Objective:
         phi = np.zeros(self.layout.size)
         ss, _, st, se = self.layout.slices()
         K = self.layout.K
-        w, lo, t = (np.broadcast_to(c, self.first.shape) for c in self.counts[:3])
-        won = np.bincount(self.first, w + 0.5 * t, K) + np.bincount(self.second, lo + 0.5 * t, K)
-        lost = np.bincount(self.first, lo + 0.5 * t, K) + np.bincount(self.second, w + 0.5 * t, K)
+        if self._plain:  # wins and losses as prepared (ties half or dropped)
+            won = self._wins_as[0] + self._losses_as[1]
+            lost = self._losses_as[0] + self._wins_as[1]
+        else:
+            w, lo, t = (np.broadcast_to(c, self.first.shape) for c in self.counts[:3])
+            won = self.sum_first(w + 0.5 * t) + self.sum_second(lo + 0.5 * t)
+            lost = self.sum_first(lo + 0.5 * t) + self.sum_second(w + 0.5 * t)
         n = won + lost
         s0 = np.log((won + 0.5) / (lost + 0.5)) * (n / (n + 4.0 * self.l2 + 1e-12))
         if self.outcome.link.name == "probit":
@@ -138,7 +208,43 @@ class Objective:
             pen = pen + 0.5 * self.annotator_l2 * np.sum(np.square(phi[st] - 1.0), axis=0)
         return pen
 
+    def _plain_pieces(self, phi, order: int = 2):
+        """Value (and gradient and Hessian pieces) of plain logit Bradley-Terry.
+
+        With ``q = exp(s_j - s_i) = pi_j / pi_i`` (``pi = exp(s)``, K exponentials instead of R)
+        a row has ``p = 1 / (1 + q)``, log-likelihood ``-n log1p(q) - l d`` and weight
+        ``n p (1 - p) = n p q p``; the sums of ``w d`` and ``l d`` over rows are ``s . net``
+        with per-item net counts computed once.  Returns None when the scores span more than
+        600 (``exp`` would overflow): the general path handles that.
+        """
+        K = self.layout.K
+        s = phi[:K]
+        top = float(np.max(s)) if K else 0.0
+        if not K or top - float(np.min(s)) > 600.0:
+            return None
+        _, _, n = self.prepared
+        pi = np.exp(s - top)
+        q = pi[self.second]
+        q *= (1.0 / pi)[self.first]  # exp(-d)
+        value = float(n @ np.log1p(q)) + float(s @ self._net_losses) + float(self._penalty(phi))
+        if order == 0:
+            return {"value": value}
+        p = q + 1.0
+        np.reciprocal(p, out=p)
+        n_p = n * p  # expected first-item wins
+        q *= p
+        q *= n_p  # n p (1 - p)
+        g = np.zeros(self.layout.size)
+        g[:K] = (self.sum_first(n_p) - self.sum_second(n_p)) - self._net_wins + self.l2 * s
+        diag_s = self.sum_first(q) + self.sum_second(q) + self.l2
+        return dict(g=g, diag_s=diag_s, cross=np.zeros((K, 0)), extra=np.zeros((0, 0)), cw=q,
+                    value=value)
+
     def value(self, phi, counts=None):
+        if counts is None and self._plain:
+            fast = self._plain_pieces(phi, order=0)
+            if fast is not None:
+                return fast["value"]
         counts = self.prepared if counts is None else self.outcome.prepare_counts(counts)
         _, _, _, se = self.layout.slices()
         _, _, d = self.predictor(phi)
@@ -146,6 +252,10 @@ class Objective:
         return -np.sum(ll, axis=0) + self._penalty(phi)
 
     def loglik(self, phi) -> float:
+        if self._plain:
+            fast = self._plain_pieces(phi, order=0)
+            if fast is not None:
+                return -(fast["value"] - float(self._penalty(phi)))
         _, _, _, se = self.layout.slices()
         _, _, d = self.predictor(phi)
         return float(np.sum(self.outcome.derivatives(d, phi[se], self.prepared, order=0,
@@ -224,6 +334,10 @@ class Objective:
 
     def derivatives(self, phi, hessian: str = "dense"):
         """Value, gradient and Hessian pieces at a single ``phi`` (P,)."""
+        if self._plain:
+            fast = self._plain_pieces(phi)
+            if fast is not None:
+                return fast
         K = self.layout.K
         ss, sb, st, se = self.layout.slices()
         f, s2 = self.first, self.second
@@ -383,32 +497,57 @@ def newton_dense(obj: Objective, phi0=None, *, tol: float = 1e-12, max_iter: int
     converged = False
     factor = None
     it = 0
+    single = obj.layout.size >= SINGLE_PRECISION_STEPS
     for it in range(1, max_iter + 1):
         g = np.where(free, pieces["g"], 0.0)
         H = obj.assemble_dense(pieces, free)
-        step, factor = _solve_damped(H, -g)
+        step = _solve_damped(H, -g, single=single)[0]
         step[~free] = 0.0
         slope = float(g @ step)
         if slope > 0:  # not a descent direction (indefinite Hessian): steepest descent
             step = -g
             slope = -float(g @ g)
-            factor = None
         decrement = -slope
         phi_new, value_new, pieces_new, t = _take_step(obj, phi, step, value, slope, pieces, lower)
         if t == 0.0:
             converged = decrement <= 1e-8 * max(1.0, abs(value))
             break
         phi, value, pieces = phi_new, value_new, pieces_new
-        if decrement <= tol * max(1.0, abs(value)) or np.max(np.abs(t * step)) < 1e-12:
+        # as in newton_cg: after a full step with a decrement below min(1e-2, 1e-8 |f|) the gap
+        # left is below ~1e-10 |f| (Newton decrements shrink quadratically)
+        predictive = t == 1.0 and decrement <= min(1e-2, 1e-8 * max(1.0, abs(value)))
+        if decrement <= tol * max(1.0, abs(value)) or predictive or np.max(np.abs(t * step)) < 1e-12:
             converged = True
             break
-    res = SolverResult(phi, float(value), it, converged, "newton-dense", factor)
+    # the factor for standard errors is taken at the optimum, by the caller (result.pieces)
+    res = SolverResult(phi, float(value), it, converged, "newton-dense", None)
     res.pieces = pieces
     return res
 
 
-def _solve_damped(H, rhs):
-    """Cholesky solve; add Levenberg damping when ``H`` is not positive definite."""
+SINGLE_PRECISION_STEPS = 400
+
+
+def _solve_damped(H, rhs, single: bool = False):
+    """Cholesky solve; add Levenberg damping when ``H`` is not positive definite.
+
+    ``single``: factor in float32 (twice as fast) - for Newton steps only, where a relative
+    error of ~1e-6 in the step is far below the distance to the optimum (an inexact Newton
+    step); one step of iterative refinement in float64 brings the solve to ~1e-12.  Falls back
+    to float64 when the float32 factorization fails.
+    """
+    if single:
+        try:
+            with _one_blas_thread():
+                # H.T is Fortran-ordered with H's lower triangle as its upper one: no copies
+                U, info = sla.lapack.spotrf(H.T.astype(np.float32), lower=0, clean=0,
+                                            overwrite_a=1)
+            if info == 0:
+                x = _refined_solve(H, U, rhs)
+                if np.all(np.isfinite(x)):
+                    return x, None
+        except (np.linalg.LinAlgError, sla.LinAlgError):
+            pass
     mu = 0.0
     scale = max(float(np.max(np.abs(np.diag(H)))), 1e-12) if H.size else 1.0
     # cho_factor(lower=True) reads only the lower triangle (see Objective.assemble_dense)
@@ -423,26 +562,53 @@ def _solve_damped(H, rhs):
                            "that is constant or collinear)")
 
 
+def _refined_solve(H, U32, rhs):
+    """Solve ``H x = rhs`` (H given by its lower triangle) with the float32 factor ``U32`` of
+    ``H.T`` and one float64 refinement step."""
+    with _one_blas_thread():
+        x = sla.lapack.spotrs(U32, rhs.astype(np.float32), lower=0)[0].astype(np.float64)
+        resid = rhs - sla.blas.dsymv(1.0, H.T, x, lower=0)  # H x from the lower triangle
+        x += sla.lapack.spotrs(U32, resid.astype(np.float32), lower=0)[0]
+    return x
+
+
 def cholesky(H):
-    """Lower Cholesky factor for ``cho_solve``.  Matrices of a few thousand rows are factored on
-    one BLAS thread: threaded OpenBLAS slows down by 10-30x when the cores are shared."""
+    """Cholesky factor of the symmetric matrix whose lower triangle ``H`` holds, for
+    :func:`cho_solve` (``H.T`` is factored as upper: Fortran order, no copy of the matrix).
+    Matrices of a few thousand rows are factored on one BLAS thread: threaded OpenBLAS slows
+    down by 10-30x when the cores are shared."""
     if len(H) <= 4000:
         with _one_blas_thread():
-            return sla.cho_factor(H, lower=True, check_finite=False)
-    return sla.cho_factor(H, lower=True, check_finite=False)
+            return sla.cho_factor(H.T, lower=False, check_finite=False)
+    return sla.cho_factor(H.T, lower=False, check_finite=False)
+
+
+def inverse_diagonal(factor):
+    """``diag(H^-1)`` from a Cholesky factor: squared row (upper) or column (lower) norms of the
+    triangular inverse (LAPACK ``trtri``)."""
+    from scipy.linalg import lapack
+
+    c, lower = factor
+    with _one_blas_thread():
+        inv, info = lapack.dtrtri(c, lower=int(lower))
+    if info:
+        raise np.linalg.LinAlgError("trtri failed")
+    tri = np.tril(inv) if lower else np.triu(inv)
+    # H^-1 = L^-T L^-1 (lower) or U^-1 U^-T (upper)
+    return np.einsum("ij,ij->j" if lower else "ij,ij->i", tri, tri)
 
 
 def cho_inverse(factor):
-    """``H^-1`` from the lower Cholesky factor (LAPACK ``potri``)."""
+    """``H^-1`` from the Cholesky factor (LAPACK ``potri``)."""
     from scipy.linalg import lapack
 
-    L = factor[0]
+    c, lower = factor
     with _one_blas_thread():
-        inv, info = lapack.dpotri(L, lower=1)
+        inv, info = lapack.dpotri(c, lower=int(lower))
     if info:
         raise np.linalg.LinAlgError("potri failed")
-    inv = np.tril(inv)
-    return inv + np.tril(inv, -1).T
+    inv = np.tril(inv) if lower else np.triu(inv)
+    return inv + (np.tril(inv, -1).T if lower else np.triu(inv, 1).T)
 
 
 def cho_solve(factor, rhs):
@@ -453,14 +619,21 @@ def cho_solve(factor, rhs):
 
 
 class SparseHessian:
-    """The Hessian at one point: CSR graph Laplacian for items plus dense extras blocks."""
+    """The Hessian at one point: a sparse weighted graph Laplacian for the items plus dense
+    blocks for the other parameters.
 
-    def __init__(self, obj: Objective, pattern, pieces):
+    The item block is ``diag + U + U^T`` with ``U`` (K x K) holding ``-w_r`` at
+    ``(first_r, second_r)``: with the rows sorted by first item (see
+    :meth:`Objective.upper_structure`) the row weights *are* ``U``'s CSR data, so building the
+    Hessian copies nothing and ``U^T v`` is the same arrays read as CSC.
+    """
+
+    def __init__(self, obj: Objective, pieces):
         self.obj = obj
         K = obj.layout.K
-        source_row, indptr, indices = pattern
-        data = -pieces["cw"][source_row]
-        self.offdiag = csr_matrix((data, indices, indptr), shape=(K, K))
+        self.indptr, self.indices, perm = obj.upper_structure()
+        cw = pieces["cw"]
+        self.data = np.negative(cw if perm is None else cw[perm])
         self.diag_s = pieces["diag_s"]
         self.cross = pieces["cross"]
         self.extra = pieces["extra"]
@@ -468,12 +641,27 @@ class SparseHessian:
         E = self.extra.shape[0]
         self.extra_inv = np.linalg.pinv(self.extra) if E else np.zeros((0, 0))
 
+    def _offdiag_add(self, vs, out):
+        """``out += (U + U^T) vs`` for ``vs`` of shape (K,) or (K, B) (C-contiguous)."""
+        from scipy.sparse import _sparsetools as st
+
+        K = self.K
+        if vs.ndim == 1:
+            st.csr_matvec(K, K, self.indptr, self.indices, self.data, vs, out)
+            st.csc_matvec(K, K, self.indptr, self.indices, self.data, vs, out)
+        else:
+            B = vs.shape[1]
+            x, y = vs.ravel(), out.reshape(-1)
+            st.csr_matvecs(K, K, B, self.indptr, self.indices, self.data, x, y)
+            st.csc_matvecs(K, K, B, self.indptr, self.indices, self.data, x, y)
+
     def matvec(self, v):
         K = self.K
-        vs, ve = v[:K], v[K:]
+        vs, ve = np.ascontiguousarray(v[:K]), v[K:]
         out = np.empty_like(v)
-        vs_d = vs * (self.diag_s if v.ndim == 1 else self.diag_s[:, None])
-        out[:K] = self.offdiag @ vs + vs_d
+        out_s = vs * (self.diag_s if v.ndim == 1 else self.diag_s[:, None])
+        self._offdiag_add(vs, out_s)
+        out[:K] = out_s
         if len(ve):
             out[:K] += self.cross @ ve
             out[K:] = self.cross.T @ vs + self.extra @ ve
@@ -487,29 +675,6 @@ class SparseHessian:
         if r.shape[0] > K:
             out[K:] = self.extra_inv @ r[K:]
         return out
-
-
-def laplacian_pattern(first, second, K):
-    """CSR pattern of the off-diagonal item Hessian and the map from rows to its slots.
-
-    Built once per fit by an O(nnz) counting sort (scipy's ``coo_tocsr``, no sorting of the
-    columns and no summing of duplicates: ``csr_matvec`` adds duplicates up anyway).
-    """
-    from scipy.sparse import _sparsetools
-
-    rows = np.concatenate([first, second]).astype(np.int64)
-    cols = np.concatenate([second, first]).astype(np.int64)
-    nnz = len(rows)
-    index_dtype = np.int32 if max(K, nnz) < 2**31 - 1 else np.int64
-    indptr = np.empty(K + 1, dtype=index_dtype)
-    indices = np.empty(nnz, dtype=index_dtype)
-    slot_of = np.empty(nnz, dtype=np.float64)
-    _sparsetools.coo_tocsr(K, K, nnz, rows.astype(index_dtype), cols.astype(index_dtype),
-                           np.arange(nnz, dtype=np.float64), indptr, indices, slot_of)
-    perm = slot_of.astype(np.int64)  # CSR slot k holds entry perm[k]
-    R = len(first)
-    source_row = np.where(perm < R, perm, perm - R)  # the aggregated row behind each slot
-    return source_row, indptr, indices
 
 
 def pcg(H: SparseHessian, rhs, free, *, rtol=1e-10, max_iter=1000, x0=None):
@@ -544,7 +709,6 @@ def newton_cg(obj: Objective, phi0=None, *, tol: float = 1e-12, max_iter: int = 
     phi = obj.initial() if phi0 is None else np.array(phi0, dtype=float)
     free = obj.free_mask()
     lower = _bounds(obj)
-    pattern = laplacian_pattern(obj.first, obj.second, obj.layout.K)
     pieces = obj.derivatives(phi, "none")
     value = pieces["value"]
     converged = False
@@ -555,7 +719,7 @@ def newton_cg(obj: Objective, phi0=None, *, tol: float = 1e-12, max_iter: int = 
         g = np.where(free, pieces["g"], 0.0)
         gnorm = float(np.linalg.norm(g))
         g0 = gnorm if g0 is None else g0
-        H = SparseHessian(obj, pattern, pieces)
+        H = SparseHessian(obj, pieces)
         rtol = min(0.1, max(gnorm / max(g0, 1e-300), 1e-12))
         step, n_cg = pcg(H, -g, free, rtol=rtol)
         cg_total += n_cg
@@ -577,7 +741,6 @@ def newton_cg(obj: Objective, phi0=None, *, tol: float = 1e-12, max_iter: int = 
             break
     res = SolverResult(phi, float(value), it, converged, "newton-cg")
     res.cg_iterations = cg_total
-    res.pattern = pattern
     res.pieces = pieces
     return res
 
@@ -589,8 +752,11 @@ def one_step_batch(obj: Objective, phi_hat, counts, solve):
     The predictor is the same for every round at ``phi_hat``, so this is one pass of
     multiply-adds over the (R, B) counts and one sparse product: no exp per round.  The error
     against the exact round optimum is second order in the sampling noise."""
-    counts = obj.outcome.prepare_counts(counts)
-    G = obj.gradient_batch(phi_hat[:, None], counts, prepared=True)
+    if isinstance(counts, PlainRounds):
+        G = counts.gradient(phi_hat[:, None])
+    else:
+        counts = obj.outcome.prepare_counts(counts)
+        G = obj.gradient_batch(phi_hat[:, None], counts, prepared=True)
     free = obj.free_mask()
     G[~free] = 0.0
     step = -solve(G)
@@ -604,32 +770,146 @@ def one_step_batch(obj: Objective, phi_hat, counts, solve):
     return phi, ok
 
 
-def chord_batch(obj: Objective, phi_hat, counts, solve, *, tol=1e-7, max_iter=60, depth=5):
+class PlainRounds:
+    """Bootstrap rounds of plain logit Bradley-Terry as compact integer counts, and their
+    gradients computed block by block.
+
+    ``wins`` and ``totals`` are (R, B) small-integer matrices (uint8/uint16: 1-2 bytes a cell
+    instead of 8) holding ``scale``-multiples of the prepared counts (``scale = 2`` when ties count
+    half).  A round's gradient is linear in its counts, so dividing by ``scale`` at the end is
+    exact.  Rows are processed in blocks of ``block`` so the (block, B) work arrays stay in cache;
+    a row's probability comes from the round's strengths ``pi = exp(s)`` (``p = 1 / (1 +
+    pi_j / pi_i)``: K exponentials a round instead of R) and the residuals reach the items
+    through one sparse incidence product per block (CSC, +1 at the first item, -1 at the second).
+    """
+
+    def __init__(self, obj: Objective, wins, totals, scale: float = 1.0, block: int = 1024,
+                 single: bool = True):
+        if not obj._plain:
+            raise ValueError("PlainRounds needs a plain logit Bradley-Terry objective")
+        self.obj = obj
+        self.single = bool(single)
+        self.wins, self.totals, self.scale = wins, totals, float(scale)
+        self.B = wins.shape[1]
+        self.block = int(block)
+        R = obj.R
+        index = np.int32 if 2 * R < 2**31 - 1 else np.int64
+        inc = np.empty(2 * R, dtype=index)
+        inc[0::2] = obj.first
+        inc[1::2] = obj.second
+        self._incidence = inc
+        self._signs = np.tile(np.array([1.0, -1.0]), self.block)
+        self._indptr = np.arange(0, 2 * self.block + 1, 2, dtype=index)
+
+    def _scatter(self, resid, start, g):
+        """``g[first] += resid``, ``g[second] -= resid`` for the rows from ``start``."""
+        from scipy.sparse import _sparsetools as st
+
+        rb = resid.shape[0]
+        signs = self._signs
+        st.csc_matvecs(self.obj.layout.K, rb, self.B, self._indptr[:rb + 1],
+                       self._incidence[2 * start:2 * (start + rb)], signs[:2 * rb],
+                       resid.ravel(), g.ravel())
+
+    def gradient(self, x):
+        """Gradients (P, B) at ``x`` (P, B), or at one shared column ``x`` (P, 1).
+
+        Single precision (when ``single`` and the scores span less than 80, so no strength
+        underflows) for the per-row arithmetic: a row's residual is exact to ~1e-7 relative,
+        and the sums over rows are taken in double precision, so the gradient's error is ~1e-7
+        of the root sum of squares of its terms, which moves a round's optimum by ~1e-8
+        (sqrt(comparisons of an item) times less than the stopping tolerance)."""
+        obj = self.obj
+        K, R, B, rb = obj.layout.K, obj.R, self.B, self.block
+        s = np.ascontiguousarray(x[:K])
+        shared = s.shape[1] == 1 and B > 1  # all rounds at one point: a probability per row
+        shift = s - np.max(s, axis=0)
+        single = self.single and float(-np.min(shift)) < 80.0
+        dtype = np.float32 if single else np.float64
+        g = np.zeros((K, B))
+        buf = np.empty((rb, B))
+        work = np.empty((rb, B), dtype=dtype)
+        other = np.empty((rb, B), dtype=dtype)
+        if shared:
+            pi = np.exp(shift[:, 0])
+            p_hat = (pi[obj.first] / (pi[obj.first] + pi[obj.second])).astype(dtype)[:, None]
+        else:
+            pi = np.exp(shift).astype(dtype)
+        for start in range(0, R, rb):
+            stop = min(start + rb, R)
+            out = work[:stop - start]
+            if shared:
+                np.multiply(self.totals[start:stop], p_hat[start:stop], out=out)
+            else:
+                o2 = other[:stop - start]
+                np.take(pi, obj.first[start:stop], axis=0, out=out)
+                np.take(pi, obj.second[start:stop], axis=0, out=o2)
+                o2 += out
+                out /= o2  # p = pi_i / (pi_i + pi_j)
+                out *= self.totals[start:stop]
+            out -= self.wins[start:stop]  # n p - w
+            if single:
+                res = buf[:stop - start]
+                res[...] = out
+                out = res
+            self._scatter(out, start, g)
+        if self.scale != 1.0:
+            g /= self.scale
+        full = np.zeros((obj.layout.size, B))
+        full[:K] = g + obj.l2 * s
+        return full
+
+
+def chord_batch(obj: Objective, phi_hat, counts, solve, *, tol=1e-7, max_iter=60, depth=5,
+                ftol: float | None = None, fscale: float = 1.0):
     """Solve all bootstrap rounds at once: chord-Newton steps with Anderson acceleration.
 
     Each round's fixed-point map is ``x -> x - H0^-1 grad_b(x)`` with ``H0`` the full-data
     Hessian at the full-data optimum ``phi_hat`` (the warm start); Anderson mixing of the last
     ``depth`` steps (Walker & Ni 2011) turns the linear convergence of the chord method into a
     few iterations.  ``counts``: tuple of (R, B) count matrices; ``solve(G)`` applies ``H0^-1``
-    to a (P, B) matrix.  Returns ``(phi (P, B), converged (B,))``; rounds stop at
-    ``max |step| < tol``.
+    to a (P, B) matrix; or ``counts`` a :class:`PlainRounds`.  Returns ``(phi (P, B),
+    converged (B,))``.  Chord steps converge linearly, at a rate measured per round from its
+    last two steps; a round has converged when, after its current step (which is applied), the
+    error left is predicted below ``tol`` in every coordinate (rate x step) *and* the objective
+    gap left below ``ftol * max(1, fscale)`` (rate x half the chord Newton decrement
+    ``g' H0^-1 g``; ``fscale``: the size of the objective; None: no gap test) - the fit's own
+    tolerance.
     """
-    B = counts[0].shape[1]
-    counts = obj.outcome.prepare_counts(counts)
+    if isinstance(counts, PlainRounds):
+        B, gradient = counts.B, counts.gradient
+    else:
+        B = counts[0].shape[1]
+        prepared = obj.outcome.prepare_counts(counts)
+
+        def gradient(x):
+            return obj.gradient_batch(x, prepared, prepared=True)
     x = phi_hat[:, None]  # one shared column until the first step
     free = obj.free_mask()
     lower = _bounds(obj)
     converged = np.zeros(B, dtype=bool)
     dX, dR = [], []
     x_prev = r_prev = None
-    for _ in range(max_iter):
-        G = obj.gradient_batch(x, counts, prepared=True)
+    previous = None  # decrements of the last chord step (not the one-step from phi_hat)
+    for step_no in range(max_iter):
+        G = gradient(x)
         G[~free] = 0.0
         r = -solve(G)
         r[~free] = 0.0
         size = np.max(np.abs(r), axis=0)
         finite = np.isfinite(size)
-        converged = finite & (size < tol)
+        decrement = -np.einsum("pb,pb->b", G, r)
+        rate = np.ones(B)  # until two chord steps give a contraction rate
+        if previous is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rate = np.sqrt(np.clip(decrement / previous, 0.0, 1.0))  # per step, not squared
+            rate = np.where(np.isfinite(rate), rate, 1.0)
+        # rates only between chord steps: the first step (the one-step estimate from phi_hat)
+        # shrinks much more than the later ones
+        previous = np.where(finite, decrement, np.inf) if step_no > 0 else None
+        converged = finite & (rate * size < tol)
+        if ftol is not None:
+            converged &= rate * rate * 0.5 * decrement <= ftol * max(1.0, abs(fscale))
         if np.all(converged | ~finite):
             x = x + np.where(finite, r, 0.0)
             break

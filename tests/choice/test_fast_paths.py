@@ -1,0 +1,257 @@
+"""The fast paths of rm.choice equal the plain computations they replace.
+
+Aggregation by one sort (vs ``np.unique``), the dense strong-connectivity check (vs scipy's
+``connected_components``), the plain logit Bradley-Terry derivatives from item strengths (vs
+the general outcome-model path), single-precision Newton steps (vs double), standard errors
+from the triangular inverse (vs the full inverse), the sparse Hessian built from the row
+weights (vs the dense Hessian), and the batched bootstrap of plain Bradley-Terry on compact
+counts (vs independent full refits of every round).
+"""
+
+import numpy as np
+import polars as pl
+import pytest
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from rm.choice import BradleyTerry, NoFiniteMLEError, solvers
+from rm.choice.bootstrap import poisson_counts
+from rm.choice.data import _strongly_connected_dense, aggregate, count_cells
+from rm.choice.outcomes import make_outcome
+
+from .conftest import simulate
+
+
+def _random_rows(rng, K, n, n_out=4):
+    a = rng.integers(0, K, n)
+    b = (a + rng.integers(1, K, n)) % K
+    return np.minimum(a, b) * K + np.maximum(a, b), rng.integers(0, n_out, n)
+
+
+@pytest.mark.parametrize("K,n", [(5, 1), (7, 300), (50, 5000), (3000, 20000)])
+def test_count_cells_equals_unique_and_bincount(K, n):
+    rng = np.random.default_rng(K)
+    key, outcome = _random_rows(rng, K, n)
+    ukey, counts = count_cells(key.copy(), outcome.copy())
+    ref_key, inv = np.unique(key, return_inverse=True)
+    ref = np.zeros((len(ref_key), 4))
+    np.add.at(ref, (inv, outcome), 1.0)
+    np.testing.assert_array_equal(ukey, ref_key)
+    np.testing.assert_array_equal(counts, ref.T)
+    assert counts.flags["C_CONTIGUOUS"] and counts.sum() == n
+
+
+def test_count_cells_empty():
+    ukey, counts = count_cells(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    assert ukey.shape == (0,) and counts.shape == (4, 0)
+
+
+def test_aggregate_counts_every_comparison_once():
+    frame, _ = simulate(40, 3000, seed=3, ties="davidson", tie_param=0.3)
+    pairs, _ = aggregate(frame)
+    items = pairs.items.to_list()
+    got = {}
+    for f, s, w, lo, t in zip(pairs.first, pairs.second, pairs.wins, pairs.losses, pairs.ties):
+        got[(items[f], items[s])] = (w, lo, t)
+    ref = {}
+    for a, b, lab in frame.select("model_a", "model_b", "label").iter_rows():
+        key, flip = ((a, b), False) if a < b else ((b, a), True)
+        w, lo, t = ref.get(key, (0, 0, 0))
+        if lab == "tie":
+            t += 1
+        elif (lab == "a") != flip:
+            w += 1
+        else:
+            lo += 1
+        ref[key] = (w, lo, t)
+    assert got == ref
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_dense_strong_connectivity_equals_scipy(seed):
+    rng = np.random.default_rng(seed)
+    K = int(rng.integers(2, 40))
+    n = int(rng.integers(1, 3 * K))
+    a = rng.integers(0, K, n)
+    b = (a + rng.integers(1, K, n)) % K
+    first, second = np.minimum(a, b), np.maximum(a, b)
+    first_beat = (rng.random(n) < 0.7).astype(float)
+    second_beat = (rng.random(n) < 0.7).astype(float)
+    src = np.concatenate([first[first_beat > 0], second[second_beat > 0]])
+    dst = np.concatenate([second[first_beat > 0], first[second_beat > 0]])
+    graph = coo_matrix((np.ones(len(src)), (src, dst)), shape=(K, K)).tocsr()
+    expected = connected_components(graph, directed=True, connection="strong")[0] == 1
+    assert _strongly_connected_dense(first, second, first_beat, second_beat, K) == expected
+    order = np.lexsort((second, first))  # sorted, possibly with repeated pairs
+    assert _strongly_connected_dense(first[order], second[order], first_beat[order],
+                                     second_beat[order], K) == expected
+
+
+def test_item_that_never_loses_is_still_reported():
+    frame = pl.DataFrame({"model_a": ["x", "x", "y", "z"], "model_b": ["y", "z", "z", "y"],
+                          "label": ["a", "a", "a", "a"]})
+    with pytest.raises(NoFiniteMLEError, match="never lose: x"):
+        BradleyTerry().fit(frame)
+
+
+def _objectives(frame, ties, l2=0.0):
+    pairs, _ = aggregate(frame)
+    outcome = make_outcome("logit", ties)
+    counts = (pairs.wins, pairs.losses, pairs.ties)
+    kw = dict(K=pairs.n_items, l2=l2, reference=None if l2 else 0)
+    fast = solvers.Objective(pairs.first, pairs.second, counts, outcome, **kw)
+    slow = solvers.Objective(pairs.first, pairs.second, counts, outcome, **kw)
+    slow._plain = False  # the general outcome-model path
+    return fast, slow
+
+
+@pytest.mark.parametrize("ties,l2", [("half", 0.0), ("drop", 0.5)])
+def test_plain_logit_derivatives_equal_general_path(ties, l2):
+    frame, _ = simulate(30, 3000, seed=4, ties="davidson", tie_param=0.2)
+    fast, slow = _objectives(frame, ties, l2)
+    assert fast._plain and fast._first_runs is not None
+    phi = np.random.default_rng(0).normal(size=fast.layout.size)
+    a, b = fast.derivatives(phi), slow.derivatives(phi)
+    assert a["value"] == pytest.approx(b["value"], rel=1e-12)
+    for key in ("g", "diag_s", "cw"):
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-10, atol=1e-10)
+    assert fast.value(phi) == pytest.approx(slow.value(phi), rel=1e-12)
+    assert fast.loglik(phi) == pytest.approx(slow.loglik(phi), rel=1e-12)
+    # unsorted rows take the bincount path and give the same
+    order = np.random.default_rng(1).permutation(fast.R)
+    shuffled = solvers.Objective(fast.first[order], fast.second[order],
+                                 tuple(c[order] for c in fast.counts), fast.outcome,
+                                 K=fast.layout.K, l2=l2, reference=fast.reference)
+    assert shuffled._first_runs is None
+    np.testing.assert_allclose(shuffled.derivatives(phi)["g"], a["g"], rtol=1e-10, atol=1e-10)
+
+
+def test_plain_logit_falls_back_when_scores_span_too_much():
+    frame, _ = simulate(10, 500, seed=5)
+    fast, slow = _objectives(frame, "half")
+    phi = np.zeros(fast.layout.size)
+    phi[1] = 700.0  # exp(700) overflows the strengths: the general path is used
+    assert fast._plain_pieces(phi) is None
+    assert fast.value(phi) == pytest.approx(slow.value(phi), rel=1e-12)
+
+
+def test_single_precision_newton_equals_double(monkeypatch):
+    frame, _ = simulate(60, 8000, seed=6)
+    fast, _ = _objectives(frame, "half")
+    single = solvers.newton_dense(fast)
+    monkeypatch.setattr(solvers, "SINGLE_PRECISION_STEPS", 10**9)
+    double = solvers.newton_dense(fast)
+    assert single.converged and double.converged
+    assert single.value == pytest.approx(double.value, rel=1e-13)
+    np.testing.assert_allclose(single.phi, double.phi, atol=1e-7)
+
+
+def test_refined_single_precision_solve_is_accurate():
+    rng = np.random.default_rng(7)
+    A = rng.normal(size=(300, 300))
+    H = A @ A.T + 300 * np.eye(300)
+    rhs = rng.normal(size=300)
+    x, factor = solvers._solve_damped(np.tril(H), rhs, single=True)
+    assert factor is None
+    np.testing.assert_allclose(x, np.linalg.solve(H, rhs), rtol=1e-9, atol=1e-12)
+
+
+def test_inverse_diagonal_and_standard_errors_equal_full_inverse():
+    rng = np.random.default_rng(8)
+    A = rng.normal(size=(50, 50))
+    H = A @ A.T + 50 * np.eye(50)
+    factor = solvers.cholesky(np.tril(H))
+    inv = np.linalg.inv(H)
+    np.testing.assert_allclose(solvers.inverse_diagonal(factor), np.diag(inv), rtol=1e-10)
+    np.testing.assert_allclose(solvers.cho_inverse(factor), inv, rtol=1e-9, atol=1e-13)
+    # the estimator's standard errors: centred scores' covariance from the full inverse
+    frame, _ = simulate(15, 2000, seed=9)
+    for params in ({}, {"anchor": "item003"}, {"l2": 0.5}, {"l2": 0.5, "anchor": "item003"}):
+        model = BradleyTerry(**params).fit(frame)
+        cov = model.covariance_
+        K = model.n_items_
+        if "anchor" in params:
+            a = model.items_.index("item003")
+            var = np.diag(cov) + cov[a, a] - 2 * cov[:, a]
+        elif params.get("l2"):
+            var = np.diag(cov)
+        else:
+            C = np.eye(K) - 1.0 / K  # centring
+            var = np.diag(C @ cov @ C)
+        se = model.scores_.sort("item")["std_error"].to_numpy()
+        order = np.argsort(model.items_)
+        np.testing.assert_allclose(se, np.sqrt(np.maximum(var, 0))[order], rtol=1e-8, atol=1e-12)
+
+
+def test_sparse_hessian_equals_dense_hessian():
+    frame, _ = simulate(40, 3000, seed=10, position=0.3)
+    for position_effect in (False, True):
+        pairs, _ = aggregate(frame, shown_left="shown_left" if position_effect else None)
+        obj = solvers.Objective(pairs.first, pairs.second, (pairs.wins, pairs.losses, pairs.ties),
+                                make_outcome("logit", "half"), K=pairs.n_items,
+                                Z=pairs.design(), l2=0.3)
+        phi = np.random.default_rng(0).normal(size=obj.layout.size) * 0.5
+        H = solvers.SparseHessian(obj, obj.derivatives(phi, "sparse"))
+        dense = obj.dense_hessian(phi)
+        v = np.random.default_rng(1).normal(size=(obj.layout.size, 3))
+        np.testing.assert_allclose(H.matvec(v), dense @ v, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(H.matvec(v[:, 0]), dense @ v[:, 0], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("ties,l2", [("half", 0.0), ("drop", 0.0), ("half", 1.0)])
+def test_compact_bootstrap_rounds_equal_full_refits(ties, l2):
+    frame, _ = simulate(25, 4000, seed=12, ties="davidson", tie_param=0.3)
+    model = BradleyTerry(ties=ties, l2=l2).fit(frame)
+    obj, pairs = model._obj, model._pairs
+    rng = np.random.default_rng(2)
+    B = 6
+    draws = [poisson_counts(c, B, rng, np.uint8) for c in (pairs.wins, pairs.losses, pairs.ties)]
+    rounds = model._compact_rounds(obj, model._counts(pairs, *draws, 0.0))
+    assert isinstance(rounds, solvers.PlainRounds)
+    free = obj.free_mask()
+
+    def solve(G):
+        out = solvers.cho_solve(model._factor, np.where(free[:, None], G, 0.0))
+        out[~free] = 0.0
+        return out
+
+    refits = []
+    for b in range(B):
+        counts = tuple(d[:, b].astype(float) for d in draws)
+        one = solvers.Objective(pairs.first, pairs.second, counts, obj.outcome, K=obj.layout.K,
+                                l2=l2, reference=obj.reference)
+        refits.append(solvers.newton_dense(one).phi)
+    refits = np.column_stack(refits)
+    # the estimator's defaults (single-precision rows, scores to 1e-6), then double precision
+    # to a tighter tolerance: the batched chord iteration converges to the refits' optimum
+    for single, tol in ((True, 1e-6), (False, 1e-9)):
+        rounds.single = single
+        phi, ok = solvers.chord_batch(obj, model.params_, rounds, solve, tol=tol,
+                                      ftol=model.tol, fscale=model.objective_)
+        assert ok.all()
+        np.testing.assert_allclose(phi, refits, atol=tol)
+
+
+def test_plain_bootstrap_through_the_estimator():
+    frame, _ = simulate(20, 6000, seed=13)
+    model = BradleyTerry().fit(frame)
+    model.bootstrap(50, seed=1)
+    assert model.bootstrap_failed_ == 0 and model.bootstrap_samples_.shape == (50, 20)
+    ratio = model.scores_["bootstrap_std_error"].to_numpy() / model.scores_["std_error"].to_numpy()
+    assert 0.7 < np.median(ratio) < 1.3
+    again = BradleyTerry().fit(frame).bootstrap(50, seed=1)
+    np.testing.assert_array_equal(again.bootstrap_samples_, model.bootstrap_samples_)
+    # batches of rounds (max_cells) give the same rounds as one batch
+    small = BradleyTerry().fit(frame).bootstrap(50, seed=1, max_cells=model.n_pairs_ * 7)
+    assert small.bootstrap_samples_.shape == (50, 20)
+
+
+def test_poisson_counts_compact_dtype_and_large_means():
+    rng = np.random.default_rng(3)
+    counts = np.array([0, 1, 2, 5, 32, 33, 1000.0])
+    draws = poisson_counts(counts, 4000, rng, np.uint32)
+    assert draws.dtype == np.uint32 and np.all(draws[0] == 0)
+    np.testing.assert_allclose(draws.mean(axis=1), counts, rtol=0.03, atol=0.03)
+    np.testing.assert_allclose(draws.var(axis=1), counts, rtol=0.1, atol=0.03)
+    small = poisson_counts(counts[:5], 3000, rng, np.uint8)
+    assert small.dtype == np.uint8 and small.max() < 256
