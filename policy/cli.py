@@ -152,8 +152,9 @@ def _run_lm(stage: str, version, config, fitted, store, resume: bool, parent_run
     model, tokenizer = _load_lm(config)
     if stage == "sft":
         est = SFT(config).fit(version, model, tokenizer, store=store, resume=resume)
-    elif stage == "dpo":
-        est = DPO(config).fit(version, model, tokenizer, preference_model=fitted, store=store, resume=resume,
+    elif stage == "dpo":  # preference distillation reads P(a > b): a reward model gives sigmoid(r(a) - r(b))
+        pref = fitted if fitted is None or hasattr(fitted, "proba") else BradleyTerryPreference(fitted)
+        est = DPO(config).fit(version, model, tokenizer, preference_model=pref, store=store, resume=resume,
                               parent_run_id=parent_run_id)
     elif stage == "ppo":
         est = PPO(config).fit(version, model, tokenizer, fitted, store=store, resume=resume, parent_run_id=parent_run_id)

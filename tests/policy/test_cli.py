@@ -149,3 +149,13 @@ def test_lm_stages_through_the_cli_train_a_local_checkpoint_and_record_runs(tmp_
     assert main(["--db", db, "train", "bon", "v1", "--rm", rm_run, "--config", str(tmp_path / "bon.yaml")]) == 0
     new = store.runs().filter(~pl.col("run_id").is_in(list(before)))
     assert new.height == 1 and new["parent_run_id"][0] == rm_run and new["status"][0] == "completed"
+    # preference distillation on the LM from the feature reward model's sigmoid(r(a) - r(b))
+    (tmp_path / "distill.yaml").write_text(common + f"model: {folder}\nmax_steps: 2\nlearning_rate: 0.001\n"
+                                           f"loss: preference_distillation\ngamma: 0.5\nbeta: 0.05\nmax_new_tokens: 4\n"
+                                           f"output_dir: {tmp_path / 'distill'}\n")
+    capsys.readouterr()
+    assert main(["--db", db, "train", "dpo", "v1", "--rm", rm_run, "--config", str(tmp_path / "distill.yaml")]) == 0
+    distill = json.loads(capsys.readouterr().out)
+    assert "final_kl" in distill and "final_pair_loss" in distill
+    row = store.runs().filter(pl.col("artifact_path").str.starts_with(str(tmp_path / "distill"))).row(0, named=True)
+    assert row["parent_run_id"] == rm_run and row["status"] == "completed"
