@@ -127,17 +127,18 @@ def append_latency(store: "workbench.Store", url: str, files: str, writers: int,
     return float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), writers * per_writer / elapsed
 
 
-def bench(label: str, url: str, files: str, frame: pl.DataFrame, writers: int, per_writer: int, floor: bool) -> None:
+def bench(label: str, url: str, files: str, frame: pl.DataFrame, writers: int, per_writer: int, floor: bool,
+          chunk_rows: int | None = None, import_only: bool = False) -> None:
     n = frame.height
     store = workbench.open(url, files_dir=files)
     print(f"\n== {label}: {store!r}")
     with Timer() as t:
-        report = store.add_comparisons(frame)
+        report = store.add_comparisons(frame, chunk_rows=chunk_rows)
     assert report.labels_added == n, report
     print(f"import      {n:>9,} comparisons  wall {t.wall:6.2f} s  cpu {t.cpu:6.2f} s  -> {n / t.wall:>9,.0f} comparisons/s "
           f"(cpu-bound rate {n / t.cpu:,.0f}/s)  [{report.prompts_added:,} prompts, {report.responses_added:,} responses]")
     with Timer() as t:
-        again = store.add_comparisons(frame)
+        again = store.add_comparisons(frame, chunk_rows=chunk_rows)
     assert again.labels_added == 0
     print(f"re-import   {n:>9,} comparisons  wall {t.wall:6.2f} s  cpu {t.cpu:6.2f} s  -> {n / t.wall:>9,.0f} comparisons/s (adds nothing)")
     if floor:
@@ -151,6 +152,9 @@ def bench(label: str, url: str, files: str, frame: pl.DataFrame, writers: int, p
         secs = raw_sqlite_floor(events, os.path.join(files, "floor.db"))
         print(f"reference   {n:>9,} event rows   wall {secs:6.2f} s  -> {n / secs:>9,.0f} rows/s "
               "(plain sqlite3 executemany, same indexes, ids precomputed)")
+    if import_only:
+        store.close()
+        return
     with Timer() as t:
         v = store.snapshot(f"bench-{int(time.time())}")
     print(f"snapshot    {v.n_comparisons:>9,} comparisons  wall {t.wall:6.2f} s  cpu {t.cpu:6.2f} s  "
@@ -178,6 +182,10 @@ def main() -> None:
     ap.add_argument("--pg", default=None, help="PostgreSQL URL (default: $WORKBENCH_PG_URL or scripts/postgres.sh's)")
     ap.add_argument("--no-pg", action="store_true")
     ap.add_argument("--no-floor", action="store_true")
+    ap.add_argument("--chunk-rows", type=int, default=None,
+                    help="rows per chunk of a pipelined SQLite import (default: workbench.bulk.PIPELINE_CHUNK_ROWS; "
+                         "a value >= n/2 writes the import in one piece)")
+    ap.add_argument("--import-only", action="store_true", help="only the import and re-import (and the floor)")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     with Timer() as t:
@@ -185,7 +193,8 @@ def main() -> None:
     print(f"synthetic frame: {frame.height:,} rows, {frame['prompt'].n_unique():,} prompts, "
           f"{pl.concat([frame['response_a'], frame['response_b']]).n_unique():,} responses ({t.wall:.1f} s)")
     with tempfile.TemporaryDirectory() as d:
-        bench("SQLite", os.path.join(d, "bench.db"), os.path.join(d, "files"), frame, args.writers, args.labels_per_writer, not args.no_floor)
+        bench("SQLite", os.path.join(d, "bench.db"), os.path.join(d, "files"), frame, args.writers, args.labels_per_writer, not args.no_floor,
+              args.chunk_rows, args.import_only)
     if args.no_pg:
         return
     url = args.pg or os.environ.get("WORKBENCH_PG_URL") or PG_DEFAULT
@@ -201,7 +210,8 @@ def main() -> None:
         return
     try:
         with tempfile.TemporaryDirectory() as d:
-            bench("PostgreSQL", f"{url}?options=-csearch_path%3D{schema}", os.path.join(d, "files"), frame, args.writers, args.labels_per_writer, False)
+            bench("PostgreSQL", f"{url}?options=-csearch_path%3D{schema}", os.path.join(d, "files"), frame, args.writers, args.labels_per_writer, False,
+                  args.chunk_rows, args.import_only)
     finally:
         with engine.begin() as c:
             c.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")

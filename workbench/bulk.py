@@ -11,7 +11,7 @@ import contextlib
 import io
 import json
 import os
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import polars as pl
 import sqlalchemy as sa
@@ -114,6 +114,24 @@ class ColumnQuery:
 
 def prepare_comparisons(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Add ids and tokens to an input frame; return it and the rows whose prompt is malformed."""
+    frame, rejects = canonical_prompts(frame)
+    frame = attach_ids(frame)
+    dup = frame.filter(pl.col("client_token").is_duplicated())
+    more = [{"line": line, "field": "client_token", "reason": "client token repeated within the input"}
+            for line in dup.get_column("line").to_list()[1:]]
+    if more:
+        rejects = pl.concat([rejects, pl.DataFrame(more, schema=REJECTS_SCHEMA)])
+    return frame, rejects
+
+
+def canonical_prompts(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Parse and check each distinct ``prompt_messages`` JSON once; return the frame and its rejects.
+
+    A conversation becomes its canonical JSON (and ``prompt`` its rendered text); a conversation
+    of one user message becomes the text prompt it equals. After this, ``(prompt,
+    prompt_messages)`` determines the prompt id, which is what lets :func:`write_pipelined`
+    split an import by prompt.
+    """
     rejects: list[dict[str, Any]] = []
     # Conversations: parse and validate once per distinct JSON text.
     msg_json = frame.get_column("prompt_messages").drop_nulls().unique().to_list()
@@ -140,6 +158,15 @@ def prepare_comparisons(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame
             pl.when(pl.col("_msgs").is_not_null()).then(pl.col("_rendered")).otherwise(pl.col("prompt")).alias("prompt"),
             pl.when(pl.col("_msgs") != "").then(pl.col("_msgs")).otherwise(pl.lit(None, dtype=pl.String)).alias("prompt_messages"),
         ).drop("_msgs", "_msg_err", "_rendered")
+    return frame, pl.DataFrame(rejects, schema=REJECTS_SCHEMA)
+
+
+def attach_ids(frame: pl.DataFrame) -> pl.DataFrame:
+    """Add prompt, response and comparison ids and client tokens to a :func:`canonical_prompts` frame.
+
+    Rows that :func:`canonical_prompts` rejected are still there (they take part in the
+    occurrence numbers of the tokens, as they always have) and are filtered out by the caller.
+    """
     # Prompts: id = hash of the canonical form, once per distinct (text, conversation).
     pkeys = frame.select("prompt", "prompt_messages").unique()
     pkeys = pkeys.with_columns(
@@ -176,10 +203,7 @@ def prepare_comparisons(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame
         pl.coalesce(pl.col("client_token"), pl.lit("imp:") + pl.col("_digest")).alias("client_token"),
         pl.coalesce(pl.col("_given_cid"), pl.lit("c") + pl.col("_digest")).alias("comparison_id"),
     ).drop("_digest", "_given_cid")
-    dup = frame.filter(pl.col("client_token").is_duplicated())
-    for line in dup.get_column("line").to_list()[1:]:
-        rejects.append({"line": line, "field": "client_token", "reason": "client token repeated within the input"})
-    return frame, pl.DataFrame(rejects, schema=REJECTS_SCHEMA)
+    return frame
 
 
 def _attach_response_ids(frame: pl.DataFrame) -> pl.DataFrame:
@@ -288,12 +312,17 @@ class ArrowTransaction:
                     self._adbc.close()
         else:
             try:
-                if exc_type is None and self.dialect == "sqlite":
-                    for i in range(1, self._n_tmp + 1):  # a pooled connection keeps temp tables
-                        self._cur.execute(f"DROP TABLE IF EXISTS temp._wb_tmp_{i}")
+                if exc_type is None:
+                    self.drop_temp_tables()  # a pooled connection keeps temp tables
             finally:
                 self._cur.close()
                 self._sa_ctx.__exit__(exc_type, exc, tb)  # type: ignore[union-attr]
+
+    def drop_temp_tables(self, first: int = 1) -> None:
+        """Drop this transaction's SQLite temporary tables from number ``first`` on (no-op elsewhere)."""
+        if self._adbc is None and self.dialect == "sqlite":
+            for i in range(first, self._n_tmp + 1):
+                self._cur.execute(f"DROP TABLE IF EXISTS temp._wb_tmp_{i}")
 
     def commit_and_begin(self) -> None:
         """End the transaction and start a new one (ADBC only; a no-op otherwise)."""
@@ -393,7 +422,7 @@ class ArrowTransaction:
             self._cur.executemany(f"INSERT INTO {name} VALUES ({marks})", frame.iter_rows())
         return name
 
-    def insert_ignore(self, table: sa.Table, frame: pl.DataFrame) -> int:
+    def insert_ignore(self, table: sa.Table, frame: "pl.DataFrame | SqliteRows") -> int:
         """Insert the frame's rows, skipping those whose key is already there; returns how many were new.
 
         On SQLite a column that holds one value in every row (an import's ``kind``,
@@ -403,24 +432,30 @@ class ArrowTransaction:
         breaks a ``NOT NULL`` or ``CHECK`` constraint raises instead of vanishing: after the
         insert, every key of the frame is in the table, which is what lets the import run with
         foreign-key checks off (see :func:`_sqlite_write_without_fk_checks`). ``label_events``
-        keeps ``INSERT OR IGNORE``.
+        keeps ``INSERT OR IGNORE``. On SQLite ``frame`` may be :class:`SqliteRows` made
+        beforehand (by another thread: :func:`write_pipelined`).
         """
-        if frame.height == 0:
+        if isinstance(frame, SqliteRows):
+            staged: SqliteRows | None = frame
+        elif frame.height == 0:
             return 0
-        if self.dialect == "sqlite":
-            db_frame = self._for_db(frame)
-            consts = _constant_columns(db_frame) if db_frame.height > 1 else {}
-            rest = [c for c in db_frame.columns if c not in consts]
-            if not rest:  # keep one column in the temporary table, for the row count
-                rest = [db_frame.columns[0]]
-                consts.pop(rest[0])
-            tmp = self.temp_table(db_frame.select(rest), converted=True)
-            cols = ", ".join(rest + list(consts))
-            select = ", ".join(rest + ["?"] * len(consts))
-            params = list(consts.values())
+        else:
+            staged = SqliteRows.of(frame) if self.dialect == "sqlite" else None
+        if staged is not None:
+            if not staged.height:
+                return 0
+            self._n_tmp += 1
+            tmp = f"_wb_tmp_{self._n_tmp}"
+            types = ", ".join(f"{c} {_sql_type(t, 'sqlite')}" for c, t in staged.schema.items())
+            self._cur.execute(f"CREATE TEMPORARY TABLE {tmp} ({types})")
+            self._cur.executemany(f"INSERT INTO temp.{tmp} VALUES ({', '.join('?' * len(staged.schema))})", staged.rows)
+            cols = ", ".join(list(staged.schema) + list(staged.consts))
+            select = ", ".join(list(staged.schema) + ["?"] * len(staged.consts))
+            params = list(staged.consts.values())
             if table.name == "label_events":
                 return self.execute(f"INSERT OR IGNORE INTO {table.name} ({cols}) SELECT {select} FROM temp.{tmp}", params)
             return self.execute(f"INSERT INTO {table.name} ({cols}) SELECT {select} FROM temp.{tmp} WHERE true ON CONFLICT DO NOTHING", params)
+        assert isinstance(frame, pl.DataFrame)
         tmp = self.temp_table(frame)
         cols = ", ".join(frame.columns)
         return self.execute(f"INSERT INTO {table.name} ({cols}) SELECT {cols} FROM {tmp} ON CONFLICT DO NOTHING")
@@ -429,7 +464,36 @@ class ArrowTransaction:
         """Timestamps as SQLite stores them (UTC text); everything else as it is."""
         if self.dialect != "sqlite":
             return frame
-        return frame.with_columns(
+        return _sqlite_values(frame)
+
+
+class SqliteRows:
+    """A frame's rows as :meth:`ArrowTransaction.insert_ignore` binds them on SQLite.
+
+    ``consts``: the columns that hold one value in every row (bound once); ``schema`` and
+    ``rows``: the other columns, as Python tuples. Making the tuples is most of the Python work
+    of an insert: :func:`write_pipelined` does it in its worker thread.
+    """
+
+    def __init__(self, schema: dict[str, Any], consts: dict[str, Any], rows: Iterable[tuple], height: int):
+        self.schema, self.consts, self.rows, self.height = schema, consts, rows, height
+
+    @classmethod
+    def of(cls, frame: pl.DataFrame, materialize: bool = False) -> "SqliteRows":
+        """``materialize``: the tuples as a list now (else an iterator made as they are bound)."""
+        db_frame = _sqlite_values(frame)
+        consts = _constant_columns(db_frame) if db_frame.height > 1 else {}
+        rest = [c for c in db_frame.columns if c not in consts]
+        if not rest:  # keep one column in the temporary table, for the row count
+            rest = [db_frame.columns[0]]
+            consts.pop(rest[0])
+        values = db_frame.select(rest)
+        return cls(dict(values.schema), consts, values.rows() if materialize else values.iter_rows(), values.height)
+
+
+def _sqlite_values(frame: pl.DataFrame) -> pl.DataFrame:
+    """Timestamps as SQLite stores them (UTC text), booleans as 0/1; everything else as it is."""
+    return frame.with_columns(
             [pl.col(c).dt.convert_time_zone("UTC").dt.strftime(SQLITE_TS) if t.time_zone else pl.col(c).dt.strftime(SQLITE_TS)  # type: ignore[union-attr]
              for c, t in frame.schema.items() if isinstance(t, pl.Datetime)]
             + [pl.col(c).cast(pl.Int8) for c, t in frame.schema.items() if t == pl.Boolean]
@@ -450,7 +514,9 @@ def _constant_columns(frame: pl.DataFrame) -> dict[str, Any]:
     return out
 
 
-BULK_CACHE_KIB = 256 * 1024  # SQLite page cache of a bulk write's connection, while it runs
+BULK_CACHE_KIB = 1024 * 1024  # SQLite page cache limit of a bulk write's connection while it runs (filled only as
+# needed): the pages a large import touches stay cached instead of spilling to the WAL before the commit and being
+# read back (the indexes of a chunked import are updated all over; 256 MiB made 1M imports ~25% slower)
 
 
 @contextlib.contextmanager
@@ -566,11 +632,15 @@ def transaction(store: "Store", write: bool = True, check_references: bool = Tru
 
 
 # ---------------------------------------------------------------------------- writes
-def import_tables(frame: pl.DataFrame, import_id: str) -> dict[str, pl.DataFrame]:
-    """The prompt, response, annotator and event rows of a prepared frame."""
+def import_tables(frame: pl.DataFrame, import_id: str, now: Any = None) -> dict[str, pl.DataFrame]:
+    """The prompt, response, annotator and event rows of a prepared frame.
+
+    ``now`` (default: the current time) is the ``created_at`` of rows that have none, and of
+    the annotators: one value for all the chunks of a pipelined import.
+    """
     from .store import utcnow
 
-    now = utcnow()
+    now = utcnow() if now is None else now
     frame = frame.with_columns(pl.col("created_at").fill_null(now))
     prompts = (
         frame.select("prompt_id", "prompt", "prompt_messages", "category", "created_at")
@@ -610,7 +680,11 @@ def write_prepared(store: "Store", tx: ArrowTransaction, frame: pl.DataFrame, im
     A client token given in the input that the store already holds for a different label is
     refused (:class:`workbench.store.StoreError`), as :meth:`Store.add_label` refuses it.
     """
-    tables = import_tables(frame, import_id)
+    return write_tables(tx, frame, import_tables(frame, import_id), import_id)
+
+
+def write_tables(tx: ArrowTransaction, frame: pl.DataFrame, tables: "dict[str, pl.DataFrame | SqliteRows]", import_id: str) -> dict[str, int]:
+    """Insert :func:`import_tables` of a prepared ``frame`` in ``tx``; how many of each were new."""
     counts = {
         "prompts": tx.insert_ignore(schema.prompts, tables["prompts"]),
         "responses": tx.insert_ignore(schema.responses, tables["responses"]),
@@ -619,6 +693,138 @@ def write_prepared(store: "Store", tx: ArrowTransaction, frame: pl.DataFrame, im
     }
     if "_given_token" in frame.columns and counts["labels"] < frame.height and frame["_given_token"].any():
         _refuse_reused_tokens(tx, frame.filter(pl.col("_given_token")), import_id)
+    return counts
+
+
+# ---------------------------------------------------------------------------- pipelined import
+PIPELINE_CHUNK_ROWS = 125_000  # rows per chunk of a pipelined import (SQLite); see plan_chunks
+
+
+def plan_chunks(store: "Store", frame: pl.DataFrame, chunk_rows: int | None = None) -> int:
+    """How many chunks :func:`write_pipelined` splits an import into; 1 means one piece.
+
+    Only SQLite imports are pipelined (PostgreSQL takes the frame in one ``COPY``), and only
+    when the frame spans two chunks or more. A given client token that looks like an import's
+    own (``imp:...``) could clash with a token derived for a row in another chunk, which only
+    the one-piece path detects: such a frame is written in one piece.
+    """
+    rows = PIPELINE_CHUNK_ROWS if chunk_rows is None else int(chunk_rows)
+    if rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    if store.dialect != "sqlite" or frame.height < 2 * rows:
+        return 1
+    tokens = frame.get_column("client_token")
+    if tokens.null_count() < frame.height and tokens.str.starts_with("imp:").any():
+        return 1
+    return -(-frame.height // rows)
+
+
+def prepare_for_chunks(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The whole-input part of :func:`prepare_comparisons`: canonical prompts and every reject.
+
+    Returns the frame (without ids; :func:`write_pipelined` adds them chunk by chunk) and the
+    same rejects :func:`prepare_comparisons` finds, given :func:`plan_chunks`'s condition (no
+    given token starts with ``imp:``, so only given tokens can repeat).
+    """
+    frame, rejects = canonical_prompts(frame)
+    given = frame.select("line", "client_token").filter(pl.col("client_token").is_not_null())
+    dup = given.filter(pl.col("client_token").is_duplicated())
+    more = [{"line": line, "field": "client_token", "reason": "client token repeated within the input"}
+            for line in dup.get_column("line").to_list()[1:]]
+    if more:
+        rejects = pl.concat([rejects, pl.DataFrame(more, schema=REJECTS_SCHEMA)])
+    return frame, rejects
+
+
+def split_by_prompt(frame: pl.DataFrame, n_chunks: int) -> list[pl.DataFrame]:
+    """``frame`` in ``n_chunks`` parts, every row of one prompt in the same part, in input order.
+
+    Two rows that make the same label (same prompt, responses, annotator, ...) are then in the
+    same part in their input order, so each part numbers their occurrences as the whole frame
+    does, and the parts get exactly the ids and tokens of the one-piece import.
+    """
+    part = (pl.struct("prompt", "prompt_messages").hash(seed=7) % n_chunks).alias("_part")
+    parts = frame.with_columns(part).partition_by("_part", maintain_order=True, include_key=False)
+    return [p for p in parts if p.height]
+
+
+_DONE = object()
+
+
+def write_pipelined(store: "Store", tx: ArrowTransaction, frame: pl.DataFrame, rejected_lines: pl.Series,
+                    import_id: str, n_chunks: int) -> dict[str, int]:
+    """Write a :func:`prepare_for_chunks` frame in ``tx`` chunk by chunk, preparing the next chunk meanwhile.
+
+    A worker thread adds the ids (:func:`attach_ids`), drops ``rejected_lines`` and builds the
+    rows of chunk k+1 (polars and ``hashlib``, which run without the GIL for the most part)
+    while this thread inserts chunk k (SQLite runs each statement without the GIL). It is still
+    one transaction: an error in either thread stops both and propagates, and the caller's
+    transaction rolls back. Returns the new-row counts summed over the chunks: each chunk's
+    inserts see the rows of the chunks before it, so the sums are the one-piece counts.
+    """
+    import queue
+    import threading
+
+    from .store import utcnow
+
+    now = utcnow()
+    parts = split_by_prompt(frame, n_chunks)
+    handoff: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def prepare() -> None:
+        try:
+            for part in parts:
+                if stop.is_set():
+                    return
+                prepared = attach_ids(part)
+                if rejected_lines.len():
+                    prepared = prepared.filter(~pl.col("line").is_in(rejected_lines.implode()))
+                tables = {name: SqliteRows.of(t, materialize=True) for name, t in import_tables(prepared, import_id, now).items()}
+                if not put((prepared, tables)):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # noqa: BLE001  (handed to the writing thread, which raises it)
+            put(exc)
+
+    worker = threading.Thread(target=prepare, name="workbench-import-prepare", daemon=True)
+    counts = {"prompts": 0, "responses": 0, "annotators": 0, "labels": 0}
+    worker.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is _DONE:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            prepared, tables = item
+            for key, value in write_chunk(tx, prepared, tables, import_id).items():
+                counts[key] += value
+    finally:
+        stop.set()
+        while worker.is_alive():
+            try:
+                handoff.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        worker.join()
+    return counts
+
+
+def write_chunk(tx: ArrowTransaction, frame: pl.DataFrame, tables: "dict[str, SqliteRows]", import_id: str) -> dict[str, int]:
+    """One chunk of :func:`write_pipelined` (a separate name so tests can stop an import between chunks)."""
+    first_tmp = tx._n_tmp + 1
+    counts = write_tables(tx, frame, tables, import_id)
+    tx.drop_temp_tables(first_tmp)  # the chunk's staging rows, so memory holds one chunk's
     return counts
 
 

@@ -422,13 +422,20 @@ class Store:
         rejects_path: str | None = None,
         skip_invalid: bool = False,
         allow_empty_responses: bool = False,  # fix(importers): LLMFAO/PandaLM hold empty model outputs
+        chunk_rows: int | None = None,
     ) -> ImportReport:
         """Write many comparisons (texts, labels, annotators) in one transaction.
 
         ``frame`` has the columns of :data:`workbench.frames.INPUT_SCHEMA` (absent ones are null).
         Prompts and responses are content-addressed and labels carry deterministic client tokens,
         so writing the same frame twice adds nothing the second time.
+
+        On SQLite a large frame is written in chunks of about ``chunk_rows`` rows (default
+        :data:`workbench.bulk.PIPELINE_CHUNK_ROWS`), the next chunk's ids being computed while
+        the current one is inserted (:func:`workbench.bulk.write_pipelined`): still one
+        transaction, with the same rows, ids and rejects as writing it in one piece.
         """
+        from . import bulk
         from .bulk import prepare_comparisons
 
         frame = to_input_frame({c: frame[c] for c in frame.columns if c in INPUT_SCHEMA}, n=frame.height)
@@ -438,18 +445,25 @@ class Store:
             pl.col("gold").fill_null(False),
         )
         rejects = find_invalid(frame, allow_empty_responses=allow_empty_responses)
-        prepared, more_rejects = prepare_comparisons(frame)
+        n_chunks = bulk.plan_chunks(self, frame, chunk_rows)
+        if n_chunks > 1:
+            prepared, more_rejects = bulk.prepare_for_chunks(frame)  # ids: chunk by chunk, below
+        else:
+            prepared, more_rejects = prepare_comparisons(frame)
         if more_rejects.height:
             rejects = pl.concat([rejects, more_rejects]).unique(subset=["line"], keep="first").sort("line")
         if rejects.height:
             if not skip_invalid:
                 raise InvalidRows(path, rejects)
-            prepared = prepared.filter(~pl.col("line").is_in(rejects["line"].implode()))
+            if n_chunks == 1:
+                prepared = prepared.filter(~pl.col("line").is_in(rejects["line"].implode()))
         import_id = "imp_" + uuid.uuid4().hex[:20]
-        from .bulk import transaction, write_prepared
 
-        with transaction(self, check_references=False) as tx:  # references hold by construction
-            counts = write_prepared(self, tx, prepared, import_id)
+        with bulk.transaction(self, check_references=False) as tx:  # references hold by construction
+            if n_chunks > 1:
+                counts = bulk.write_pipelined(self, tx, prepared, rejects["line"], import_id, n_chunks)
+            else:
+                counts = bulk.write_prepared(self, tx, prepared, import_id)
             tx.insert_ignore(schema.imports, pl.DataFrame([dict(
                 import_id=import_id, path=path, format=format, file_sha256=file_sha256,
                 rows_read=frame.height + rows_rejected, rows_rejected=rows_rejected + rejects.height,
