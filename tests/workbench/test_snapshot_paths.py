@@ -14,6 +14,8 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
+import workbench
+
 from workbench import versions
 from workbench.bulk import US, ColumnQuery, ColumnReadError, transaction
 from workbench.frames import COMPARISONS_SCHEMA, MESSAGES
@@ -106,9 +108,8 @@ def test_snapshot_equals_a_row_by_row_resolution(store, request, chunks):
     assert v.stats == versions.frame_stats(ref)
 
 
-def test_column_reader_round_trips_every_value(store):
-    if store.dialect != "sqlite":
-        pytest.skip("the column-wise reader is SQLite's")
+def test_column_reader_round_trips_every_value(tmp_path):
+    store = workbench.open(str(tmp_path / "wb.db"))  # the column-wise reader is SQLite's
     _with_history(store)
     with transaction(store, write=False) as tx:
         fast = versions._read_events(tx, versions.current_watermark(store))
@@ -118,9 +119,8 @@ def test_column_reader_round_trips_every_value(store):
         assert fast[c].cast(COMPARISONS_SCHEMA.get(c, pl.String)).equals(raw[c].cast(COMPARISONS_SCHEMA.get(c, pl.String)), check_names=False), c
 
 
-def test_column_reader_refuses_a_separator_and_falls_back(store):
-    if store.dialect != "sqlite":
-        pytest.skip("the column-wise reader is SQLite's")
+def test_column_reader_refuses_a_separator_and_falls_back(tmp_path):
+    store = workbench.open(str(tmp_path / "wb.db"))  # the column-wise reader is SQLite's
     store.add_comparisons(_awkward_frame(6).with_columns(pl.lit(f"odd{US}annotator").alias("annotator_id")))
     q = ColumnQuery("FROM label_events WHERE event_id > ? AND event_id <= ?", (0, 100), {"annotator_id": ("annotator_id", "token")})
     with transaction(store, write=False) as tx:
