@@ -10,6 +10,7 @@ that the store has already seen is a no-op, so a resubmitted request records one
 from __future__ import annotations
 
 import contextlib
+import functools
 import datetime as dt
 import hashlib
 import json
@@ -161,6 +162,20 @@ class Store:
         (path / "versions").mkdir(parents=True, exist_ok=True)
         return path
 
+    @functools.cached_property
+    def _statements(self) -> dict[str, Any]:
+        """The single-label path's statements, built once per store: constructing a SQLAlchemy
+        statement and its cache key costs more than SQLite's work for one label."""
+        e, a, r = schema.label_events, schema.annotators, schema.responses
+        return {
+            "event_by_token": sa.select(e).where(e.c.client_token == sa.bindparam("token")),
+            "annotator": sa.select(a.c.annotator_id).where(a.c.annotator_id == sa.bindparam("annotator_id")),
+            "responses": sa.select(r.c.response_id, r.c.prompt_id).where(
+                r.c.response_id.in_(sa.bindparam("response_ids", expanding=True))),
+            "insert_event": self._insert_ignore(e).values(
+                {c.name: sa.bindparam(c.name) for c in e.c if c.name != "event_id"}).returning(e.c.event_id),
+        }
+
     def _insert_ignore(self, table: sa.Table) -> Any:
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
@@ -294,8 +309,7 @@ class Store:
 
     def _insert_event(self, conn: sa.Connection, row: dict) -> int | None:
         """Insert one event; ``None`` when its client token is already taken (a lost race)."""
-        e = schema.label_events
-        got = conn.execute(self._insert_ignore(e).values(**row).returning(e.c.event_id)).first()
+        got = conn.execute(self._statements["insert_event"], row).first()
         return int(got[0]) if got else None
 
     def correct(self, comparison_id: str, label: str, annotator_id: str, *, client_token: str | None = None, **fields: Any) -> LabelReceipt:
@@ -372,8 +386,7 @@ class Store:
         return LabelReceipt(int(event_id), comparison_id, True)
 
     def _event_by_token(self, conn: sa.Connection, token: str) -> dict | None:
-        e = schema.label_events
-        row = conn.execute(sa.select(e).where(e.c.client_token == token)).mappings().first()
+        row = conn.execute(self._statements["event_by_token"], {"token": token}).mappings().first()
         return dict(row) if row else None
 
     @staticmethod
@@ -387,13 +400,11 @@ class Store:
         return LabelReceipt(int(existing["event_id"]), existing["comparison_id"], False)
 
     def _check_refs(self, conn: sa.Connection, prompt_id: str | None, response_ids: Sequence[str], annotator_id: str) -> None:
-        a = schema.annotators
-        if conn.execute(sa.select(a.c.annotator_id).where(a.c.annotator_id == annotator_id)).first() is None:
+        if conn.execute(self._statements["annotator"], {"annotator_id": annotator_id}).first() is None:
             raise NotFound(f"unknown annotator {annotator_id!r} (add it with store.add_annotator)")
         if prompt_id is None:
             return
-        r = schema.responses
-        found = dict(conn.execute(sa.select(r.c.response_id, r.c.prompt_id).where(r.c.response_id.in_(list(response_ids)))).all())
+        found = dict(conn.execute(self._statements["responses"], {"response_ids": list(response_ids)}).all())
         for rid in response_ids:
             if rid not in found:
                 raise NotFound(f"unknown response {rid!r}")
