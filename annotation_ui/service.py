@@ -96,7 +96,7 @@ class _TextCache:
             found = {r: self.responses.get(r) for r in response_ids}
         missing = [r for r, v in found.items() if v is None]
         if prompt is None or missing:
-            with self.store._read() as conn:  # noqa: SLF001
+            with self.store.transaction(write=False) as conn:
                 if prompt is None:
                     row = conn.execute(self._prompt_sql, {"pid": prompt_id}).first()
                     text, messages, category = (row[0], row[1], row[2]) if row else ("", None, None)

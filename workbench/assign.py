@@ -212,7 +212,7 @@ def writer_lock(store: "Store") -> Any:
 def _write(store: "Store") -> Iterator[sa.Connection]:
     """One serialized write transaction (BEGIN IMMEDIATE on SQLite, an advisory lock on PostgreSQL)."""
     ensure_tables(store)
-    with writer_lock(store), store._write() as conn:  # noqa: SLF001 (the store's own transaction contract)
+    with writer_lock(store), store.transaction() as conn:
         if store.dialect == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(7265347)"))
         yield conn
@@ -221,7 +221,7 @@ def _write(store: "Store") -> Iterator[sa.Connection]:
 @contextlib.contextmanager
 def _read(store: "Store") -> Iterator[sa.Connection]:
     ensure_tables(store)
-    with store._read() as conn:  # noqa: SLF001
+    with store.transaction(write=False) as conn:
         yield conn
 
 

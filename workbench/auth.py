@@ -165,7 +165,7 @@ def issue_session(store: "Store", annotator_id: str, *, seconds: float = SESSION
     _ensure(store)
     token = secrets.token_urlsafe(32)
     now = time.time()
-    with store._write() as conn:  # noqa: SLF001
+    with store.transaction() as conn:
         conn.execute(sessions.delete().where(sessions.c.expires_at < now))
         conn.execute(sessions.insert().values(token_hash=_token_hash(token), annotator_id=annotator_id, created_at=now, expires_at=now + seconds))
     return token
@@ -176,7 +176,7 @@ def session_account(store: "Store", token: str) -> Account:
     if not isinstance(token, str) or not 20 <= len(token) <= 200:
         raise AuthError("not logged in")
     _ensure(store)
-    with store._read() as conn:  # noqa: SLF001
+    with store.transaction(write=False) as conn:
         row = conn.execute(_SESSION_ACCOUNT, {"token_hash": _token_hash(token)}).first()
     if row is None or row[1] < time.time():
         raise AuthError("not logged in (unknown or expired session)")
@@ -197,7 +197,7 @@ _SESSION_ACCOUNT = (
 
 def end_session(store: "Store", token: str) -> None:
     _ensure(store)
-    with store._write() as conn:  # noqa: SLF001
+    with store.transaction() as conn:
         conn.execute(sessions.delete().where(sessions.c.token_hash == _token_hash(token)))
 
 

@@ -126,6 +126,13 @@ class Store:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def transaction(self, write: bool = True) -> contextlib.AbstractContextManager[sa.Connection]:
+        """A SQLAlchemy connection in one transaction, for tables that live beside the store's
+        (the annotation UI's assignments and sessions): committed on exit, rolled back on an
+        error. ``write=True`` takes the write lock first (``BEGIN IMMEDIATE`` on SQLite), so
+        concurrent writers queue instead of failing."""
+        return self._write() if write else self._read()
+
     @contextlib.contextmanager
     def _write(self) -> Iterator[sa.Connection]:
         """A write transaction (``BEGIN IMMEDIATE`` on SQLite, so writers queue, never deadlock)."""

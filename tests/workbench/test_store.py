@@ -400,3 +400,19 @@ def test_killed_import_leaves_the_store_as_it_was(store, store_url, tmp_path):
     assert store.live().sort("comparison_id").equals(live_before)
     # The store still takes writes (no stale lock, no half-written rows).
     assert store.add_comparisons(pairs_frame(6, seed=1)).labels_added == 6
+
+
+def test_public_transaction_commits_or_rolls_back(store):
+    """`Store.transaction()`: what the UI's own tables use; an error inside leaves nothing."""
+    import sqlalchemy as sa
+
+    from workbench import schema
+
+    with store.transaction() as conn:
+        conn.execute(sa.insert(schema.meta).values(key="probe", value="1"))
+    with pytest.raises(RuntimeError, match="boom"):
+        with store.transaction() as conn:
+            conn.execute(sa.update(schema.meta).where(schema.meta.c.key == "probe").values(value="2"))
+            raise RuntimeError("boom")
+    with store.transaction(write=False) as conn:
+        assert conn.execute(sa.select(schema.meta.c.value).where(schema.meta.c.key == "probe")).scalar_one() == "1"
