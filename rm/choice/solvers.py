@@ -472,6 +472,26 @@ def _bounds(obj: Objective):
     return idx, lb[np.isfinite(lb)]
 
 
+def _newton_update(obj, phi, g, step, value, pieces, lower, tol):
+    """The part of a Newton iteration both solvers share: fall back to steepest descent when
+    ``step`` is not a descent direction, take the damped step, and test convergence. Newton
+    decrements shrink quadratically, so after a full step with a decrement below
+    ``min(1e-2, 1e-8 |f|)`` the gap left is below ~1e-10 |f| (one fewer solve). Returns
+    ``(phi, value, pieces, done, converged)``."""
+    slope = float(g @ step)
+    if slope > 0:  # not a descent direction (indefinite Hessian): steepest descent
+        step = -g
+        slope = -float(g @ g)
+    decrement = -slope
+    phi_new, value_new, pieces_new, t = _take_step(obj, phi, step, value, slope, pieces, lower)
+    if t == 0.0:
+        return phi, value, pieces, True, decrement <= 1e-8 * max(1.0, abs(value))
+    scale = max(1.0, abs(value_new))
+    predictive = t == 1.0 and decrement <= min(1e-2, 1e-8 * scale)
+    done = decrement <= tol * scale or predictive or np.max(np.abs(t * step)) < 1e-12
+    return phi_new, value_new, pieces_new, done, done
+
+
 @dataclass
 class SolverResult:
     phi: np.ndarray
@@ -487,7 +507,8 @@ def newton_dense(obj: Objective, phi0=None, *, tol: float = 1e-12, max_iter: int
 
     The first trial point of each line search is evaluated with its gradient pieces, which the
     next iteration reuses, so an accepted full step costs one pass over the rows.  The result
-    carries the Cholesky factor of the last Hessian (for standard errors).
+    carries the last derivative pieces (``pieces``), from which the caller factors the Hessian at
+    the optimum for standard errors.
     """
     phi = obj.initial() if phi0 is None else np.array(phi0, dtype=float)
     free = obj.free_mask()
@@ -495,7 +516,6 @@ def newton_dense(obj: Objective, phi0=None, *, tol: float = 1e-12, max_iter: int
     pieces = obj.derivatives(phi, "none")
     value = pieces["value"]
     converged = False
-    factor = None
     it = 0
     single = obj.layout.size >= SINGLE_PRECISION_STEPS
     for it in range(1, max_iter + 1):
@@ -503,21 +523,8 @@ def newton_dense(obj: Objective, phi0=None, *, tol: float = 1e-12, max_iter: int
         H = obj.assemble_dense(pieces, free)
         step = _solve_damped(H, -g, single=single)[0]
         step[~free] = 0.0
-        slope = float(g @ step)
-        if slope > 0:  # not a descent direction (indefinite Hessian): steepest descent
-            step = -g
-            slope = -float(g @ g)
-        decrement = -slope
-        phi_new, value_new, pieces_new, t = _take_step(obj, phi, step, value, slope, pieces, lower)
-        if t == 0.0:
-            converged = decrement <= 1e-8 * max(1.0, abs(value))
-            break
-        phi, value, pieces = phi_new, value_new, pieces_new
-        # as in newton_cg: after a full step with a decrement below min(1e-2, 1e-8 |f|) the gap
-        # left is below ~1e-10 |f| (Newton decrements shrink quadratically)
-        predictive = t == 1.0 and decrement <= min(1e-2, 1e-8 * max(1.0, abs(value)))
-        if decrement <= tol * max(1.0, abs(value)) or predictive or np.max(np.abs(t * step)) < 1e-12:
-            converged = True
+        phi, value, pieces, done, converged = _newton_update(obj, phi, g, step, value, pieces, lower, tol)
+        if done:
             break
     # the factor for standard errors is taken at the optimum, by the caller (result.pieces)
     res = SolverResult(phi, float(value), it, converged, "newton-dense", None)
@@ -723,21 +730,8 @@ def newton_cg(obj: Objective, phi0=None, *, tol: float = 1e-12, max_iter: int = 
         rtol = min(0.1, max(gnorm / max(g0, 1e-300), 1e-12))
         step, n_cg = pcg(H, -g, free, rtol=rtol)
         cg_total += n_cg
-        slope = float(g @ step)
-        if slope > 0:
-            step = -g
-            slope = -float(g @ g)
-        decrement = -slope
-        phi_new, value_new, pieces_new, t = _take_step(obj, phi, step, value, slope, pieces, lower)
-        if t == 0.0:
-            converged = decrement <= 1e-8 * max(1.0, abs(value))
-            break
-        phi, value, pieces = phi_new, value_new, pieces_new
-        # Newton decrements shrink quadratically: after a full step with decrement below
-        # min(1e-2, 1e-8 |f|) the remaining gap is below ~1e-10 |f| (one fewer PCG solve)
-        predictive = t == 1.0 and decrement <= min(1e-2, 1e-8 * max(1.0, abs(value)))
-        if decrement <= tol * max(1.0, abs(value)) or predictive or np.max(np.abs(t * step)) < 1e-12:
-            converged = True
+        phi, value, pieces, done, converged = _newton_update(obj, phi, g, step, value, pieces, lower, tol)
+        if done:
             break
     res = SolverResult(phi, float(value), it, converged, "newton-cg")
     res.cg_iterations = cg_total
