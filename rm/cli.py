@@ -182,30 +182,12 @@ def handle_train(args) -> int:
 
 def load_model(path: str | Path):
     """Load any model saved by `rm` from its folder (kind read from its metadata)."""
-    import json
+    from rm.ensemble import RewardEnsemble, load_single_model
 
     path = Path(path)
     if (path / "workbench_ensemble.json").exists():
-        from rm.ensemble import RewardEnsemble
-
         return RewardEnsemble.load(path)
-    meta_file = path / "workbench_reward_model.json"
-    if not meta_file.exists():
-        raise FileNotFoundError(f"{path} holds no model saved by the workbench (no workbench_reward_model.json)")
-    kind = json.loads(meta_file.read_text()).get("kind")
-    if kind == "feature_reward_model":
-        from rm.features import FeatureRewardModel
-
-        return FeatureRewardModel.load(path)
-    if kind == "neural_reward_model":
-        from rm.neural import NeuralRewardModel
-
-        return NeuralRewardModel.load(path)
-    if kind == "cross_encoder_preference":
-        from rm.preference import CrossEncoderPreference
-
-        return CrossEncoderPreference.load(path)
-    raise ValueError(f"{path}: unknown model kind {kind!r}")
+    return load_single_model(path)
 
 
 def handle_eval(args) -> int:

@@ -40,9 +40,13 @@ def member_with_seed(template: Any, seed: int) -> Any:
     raise TypeError(f"{type(template).__name__} has no seed parameter to vary")
 
 
-def _load_member(path: Path):
+def load_single_model(path: Path):
+    """A feature, neural or cross-encoder model saved by `rm` (its kind read from the folder's
+    ``workbench_reward_model.json``): ensemble members and `rm.cli.load_model` both load this way."""
     meta_file = path / "workbench_reward_model.json"
-    kind = json.loads(meta_file.read_text()).get("kind") if meta_file.exists() else None
+    if not meta_file.exists():
+        raise FileNotFoundError(f"{path} holds no model saved by the workbench (no workbench_reward_model.json)")
+    kind = json.loads(meta_file.read_text()).get("kind")
     if kind == "feature_reward_model":
         from rm.features import FeatureRewardModel
 
@@ -55,7 +59,7 @@ def _load_member(path: Path):
         from rm.preference import CrossEncoderPreference
 
         return CrossEncoderPreference.load(path)
-    raise ValueError(f"{path} is not a saved member model (kind={kind!r})")
+    raise ValueError(f"{path}: unknown model kind {kind!r}")
 
 
 class RewardEnsemble:
@@ -144,7 +148,7 @@ class RewardEnsemble:
         if not meta_file.exists():
             raise FileNotFoundError(f"{path} is not a saved ensemble (no {METADATA_FILE})")
         meta = json.loads(meta_file.read_text())
-        members = [_load_member(path / f"member-{k}") for k in range(meta["n_members"])]
+        members = [load_single_model(path / f"member-{k}") for k in range(meta["n_members"])]
         self = cls(members[0], n_members=meta["n_members"], resample=meta["resample"], seed=meta["seed"])
         self.members_ = members
         self.version_hash_ = meta["version_hash"]
