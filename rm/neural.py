@@ -327,10 +327,13 @@ class NeuralRewardModel:
     def _pair_encoder(self, tokenizer) -> PairEncoder:
         return PairEncoder(tokenizer, self.config.max_length)
 
+    def _encode_side(self, prompts, responses, others):
+        """Token ids of one side of the pairs: the reward model reads (prompt, response)."""
+        return self.encoder_.encode(prompts, responses)
+
     def _encode_pairs(self, pairs: PreferencePairs) -> EncodedPairs:
-        enc = self.encoder_
-        c_ids, c_types, c_counts = enc.encode(pairs.prompts, pairs.chosen)
-        r_ids, r_types, r_counts = enc.encode(pairs.prompts, pairs.rejected)
+        c_ids, c_types, c_counts = self._encode_side(pairs.prompts, pairs.chosen, pairs.rejected)
+        r_ids, r_types, r_counts = self._encode_side(pairs.prompts, pairs.rejected, pairs.chosen)
         c_counts.add(r_counts)
         strength = np.nan_to_num(pairs.strength, nan=0.0)
         return EncodedPairs(

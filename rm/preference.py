@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from rm.neural import EncodedPairs, NeuralRewardModel, PairEncoder, TruncationCounts
-from rm.pairs import PreferencePairs, check_texts
+from rm.neural import NeuralRewardModel, PairEncoder, TruncationCounts
+from rm.pairs import check_texts
 
 
 def _sigmoid(z):
@@ -116,19 +116,9 @@ class CrossEncoderPreference(NeuralRewardModel):
     def _pair_encoder(self, tokenizer) -> TripleEncoder:
         return TripleEncoder(tokenizer, self.config.max_length)
 
-    def _encode_pairs(self, pairs: PreferencePairs) -> EncodedPairs:
-        enc = self.encoder_
-        c_ids, c_types, counts = enc.encode3(pairs.prompts, pairs.chosen, pairs.rejected)
-        r_ids, r_types, r_counts = enc.encode3(pairs.prompts, pairs.rejected, pairs.chosen)
-        counts.add(r_counts)
-        strength = np.nan_to_num(pairs.strength, nan=0.0)
-        return EncodedPairs(
-            c_ids, c_types, r_ids, r_types,
-            is_tie=pairs.is_tie.copy(),
-            margin=self.config.margin_scale * strength,
-            lengths=np.maximum([len(x) for x in c_ids], [len(x) for x in r_ids]),
-            truncation=counts,
-        )
+    def _encode_side(self, prompts, responses, others):
+        """The cross-encoder reads (prompt, response, the other response)."""
+        return self.encoder_.encode3(prompts, responses, others)
 
     def reward(self, prompts, responses):
         raise TypeError(
