@@ -82,7 +82,7 @@ def cross_validate(frame: pl.DataFrame, folds: int, seed: int) -> pl.DataFrame:
             p = model.predict_comparisons(test).to_numpy()
             lab = test["label"].to_numpy()
             decisive = lab != "tie"
-            pa, pt, pb = p[decisive, 0], p[decisive, 1], p[decisive, 2]
+            pa, pb = p[decisive, 0], p[decisive, 2]
             win = np.where(lab[decisive] == "a", pa, pb) / (pa + pb)
             lld += float(np.sum(np.log(win)))
             acc += float(np.sum(win > 0.5))

@@ -165,7 +165,6 @@ class Objective:
         from there Newton needs about 4 steps instead of 7 from zero."""
         phi = np.zeros(self.layout.size)
         ss, _, st, se = self.layout.slices()
-        K = self.layout.K
         if self._plain:  # wins and losses as prepared (ties half or dropped)
             won = self._wins_as[0] + self._losses_as[1]
             lost = self._losses_as[0] + self._wins_as[1]
