@@ -116,12 +116,18 @@ def prepare_comparisons(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame
     """Add ids and tokens to an input frame; return it and the rows whose prompt is malformed."""
     frame, rejects = canonical_prompts(frame)
     frame = attach_ids(frame)
-    dup = frame.filter(pl.col("client_token").is_duplicated())
+    return frame, _with_repeated_tokens(frame, rejects)
+
+
+def _with_repeated_tokens(frame: pl.DataFrame, rejects: pl.DataFrame) -> pl.DataFrame:
+    """``rejects`` plus every repeat (after the first) of a client token within the input."""
+    given = frame.select("line", "client_token").filter(pl.col("client_token").is_not_null())
+    dup = given.filter(pl.col("client_token").is_duplicated())
     more = [{"line": line, "field": "client_token", "reason": "client token repeated within the input"}
             for line in dup.get_column("line").to_list()[1:]]
     if more:
         rejects = pl.concat([rejects, pl.DataFrame(more, schema=REJECTS_SCHEMA)])
-    return frame, rejects
+    return rejects
 
 
 def canonical_prompts(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -727,13 +733,7 @@ def prepare_for_chunks(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]
     given token starts with ``imp:``, so only given tokens can repeat).
     """
     frame, rejects = canonical_prompts(frame)
-    given = frame.select("line", "client_token").filter(pl.col("client_token").is_not_null())
-    dup = given.filter(pl.col("client_token").is_duplicated())
-    more = [{"line": line, "field": "client_token", "reason": "client token repeated within the input"}
-            for line in dup.get_column("line").to_list()[1:]]
-    if more:
-        rejects = pl.concat([rejects, pl.DataFrame(more, schema=REJECTS_SCHEMA)])
-    return frame, rejects
+    return frame, _with_repeated_tokens(frame, rejects)
 
 
 def split_by_prompt(frame: pl.DataFrame, n_chunks: int) -> list[pl.DataFrame]:

@@ -7,6 +7,8 @@ pair's canonical orientation.
 
 from __future__ import annotations
 
+import time
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,3 +126,14 @@ def code(data: Any) -> Coded:
         label=label, pair=pair.astype(np.int64), n_pairs=len(uniq), pair_first=pair_first, pair_second=pair_second, canon=canon,
         shown_left_a=shown_left_a, gold=gold, duration_ms=duration, len_a=len_a, len_b=len_b, order=order,
     )
+
+
+class Timings(dict):
+    """Seconds per named step of a diagnostics run: ``timings(name, fn, *args)`` runs ``fn`` and
+    records how long it took."""
+
+    def __call__(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self[name] = time.perf_counter() - start
+        return out

@@ -14,7 +14,6 @@ Every function takes a ``Version`` or a comparisons frame and returns polars fra
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -23,7 +22,7 @@ import polars as pl
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from ._data import code, dense_codes
+from ._data import Timings, code, dense_codes
 
 __all__ = [
     "comparison_graph", "graph_components", "spectral_gap", "degree_table", "category_mix",
@@ -384,13 +383,7 @@ def analyze_coverage(data: Any, p_a: np.ndarray | None = None, model: Any = None
     """Run every coverage diagnostic once. ``new_samples``: texts or an embedding array (then
     ``labelled_embeddings`` gives one row per distinct labelled response, in the order of
     ``comparison_graph(data).nodes``); texts are compared with the labelled prompt + response texts."""
-    timings: dict[str, float] = {}
-
-    def timed(name: str, fn: Any, *a: Any, **k: Any) -> Any:
-        t = time.perf_counter()
-        out = fn(*a, **k)
-        timings[name] = time.perf_counter() - t
-        return out
+    timed = Timings()
 
     c = timed("code", code, data)
     g = timed("response graph", comparison_graph, c, "response")
@@ -419,7 +412,7 @@ def analyze_coverage(data: Any, p_a: np.ndarray | None = None, model: Any = None
             emb, emb_sum = timed("embedding coverage", embedding_coverage, texts, list(new_samples), embedding_threshold)
     return CoverageDiagnostics(
         response_components=comps, model_components=mg, degrees=deg, categories=cats, category_p_value=category_mix_test(cats),
-        prompts=pr, models=mm, score_range=sr, embedding=emb, embedding_summary=emb_sum, timings=timings,
+        prompts=pr, models=mm, score_range=sr, embedding=emb, embedding_summary=emb_sum, timings=dict(timed),
     )
 
 

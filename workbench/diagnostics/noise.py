@@ -14,14 +14,13 @@ first label and :func:`self_consistency` the repeats.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from ._data import Coded, code
+from ._data import Coded, Timings, code
 from .reliability import PairDawidSkene
 
 __all__ = [
@@ -461,13 +460,7 @@ class NoiseDiagnostics:
 
 def analyze_noise(data: Any, model: Any = None, alpha: float = 0.01, min_shared: int = 5) -> NoiseDiagnostics:
     """Run every noise diagnostic once (the data is coded and the model fitted once)."""
-    timings: dict[str, float] = {}
-
-    def timed(name: str, fn: Any, *a: Any, **k: Any) -> Any:
-        t = time.perf_counter()
-        out = fn(*a, **k)
-        timings[name] = time.perf_counter() - t
-        return out
+    timed = Timings()
 
     c = timed("code", code, data)
     fitted = timed("reliability model", lambda: PairDawidSkene().fit(c, model=model))
@@ -478,5 +471,5 @@ def analyze_noise(data: Any, model: Any = None, alpha: float = 0.01, min_shared:
     sus = timed("suspect labels", suspect_labels, c, model, fitted)
     intr = timed("intransitivity", intransitivity, c)
     return NoiseDiagnostics(agreement=agr, annotator_pairs=cohen, annotators=ann, left_side=left, suspects=sus,
-                            flip_rate=fitted.flip_rate_, intransitivity=intr, model=fitted, timings=timings)
+                            flip_rate=fitted.flip_rate_, intransitivity=intr, model=fitted, timings=dict(timed))
 
