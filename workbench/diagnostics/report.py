@@ -146,30 +146,19 @@ def _findings(noise: NoiseDiagnostics, cov: CoverageDiagnostics, cfg: Diagnostic
     a = noise.annotators
     flagged = a.filter(pl.col("flags").is_not_null())
 
-    def with_flag(name: str) -> pl.DataFrame:
-        return flagged.filter(pl.col("flags").str.contains(name, literal=True))
-
-    adv = with_flag("adversarial")
-    if adv.height:
-        out.append((95, "annotators", f"{adv.height} annotator(s) answer against the consensus (reliability interval below 0.5): {_ids(adv['annotator_id'])}"))
-    rnd = with_flag("random")
-    if rnd.height:
-        out.append((90, "annotators", f"{rnd.height} annotator(s) look like random clicking (reliability interval reaches 0.5): {_ids(rnd['annotator_id'])}"))
-    gold = with_flag("fails gold")
-    if gold.height:
-        out.append((80, "annotators", f"{gold.height} annotator(s) get gold pairs right well under 70% of the time (95% bound): {_ids(gold['annotator_id'])}"))
-    fast = with_flag("too fast")
-    if fast.height:
-        out.append((75, "annotators", f"{fast.height} annotator(s) label much faster than the rest (robust z < -3.5): {_ids(fast['annotator_id'])}"))
-    left_ann = with_flag("left-side")
-    if left_ann.height:
-        out.append((70, "annotators", f"{left_ann.height} annotator(s) favour one display side (binomial test, BH-adjusted p < {cfg.alpha}): {_ids(left_ann['annotator_id'])}"))
-    inc = with_flag("inconsistent")
-    if inc.height:
-        out.append((65, "annotators", f"{inc.height} annotator(s) answer repeated pairs inconsistently (consistency bound below 70%): {_ids(inc['annotator_id'])}"))
-    lb = with_flag("length bias")
-    if lb.height:
-        out.append((60, "annotators", f"{lb.height} annotator(s) prefer longer or shorter responses beyond the consensus: {_ids(lb['annotator_id'])}"))
+    annotator_findings = [  # (priority, flag, what it says of the flagged annotators)
+        (95, "adversarial", "answer against the consensus (reliability interval below 0.5)"),
+        (90, "random", "look like random clicking (reliability interval reaches 0.5)"),
+        (80, "fails gold", "get gold pairs right well under 70% of the time (95% bound)"),
+        (75, "too fast", "label much faster than the rest (robust z < -3.5)"),
+        (70, "left-side", f"favour one display side (binomial test, BH-adjusted p < {cfg.alpha})"),
+        (65, "inconsistent", "answer repeated pairs inconsistently (consistency bound below 70%)"),
+        (60, "length bias", "prefer longer or shorter responses beyond the consensus"),
+    ]
+    for priority, flag, what in annotator_findings:
+        hit = flagged.filter(pl.col("flags").str.contains(flag, literal=True))
+        if hit.height:
+            out.append((priority, "annotators", f"{hit.height} annotator(s) {what}: {_ids(hit['annotator_id'])}"))
     ls = noise.left_side.row(0, named=True)
     if ls["biased"]:
         out.append((85, "labels", f"labels favour the {'left' if ls['left_rate'] > 0.5 else 'right'} side: {ls['left_rate']:.1%} of {ls['n_sided']:,} decisive labels (p = {ls['p_value']:.2g})"))
