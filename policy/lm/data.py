@@ -18,6 +18,11 @@ import torch
 from ..tabular import _as_frame
 
 
+def padding_id(tokenizer) -> int:
+    """The token that pads batches: the tokenizer's pad token, else its end-of-sequence token."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def preference_pairs(data: Any, keep_ties: bool = False) -> pl.DataFrame:
     """One row per decided comparison: ``prompt, chosen, rejected, label_prob`` where ``label_prob``
     is the probability the label gives ``chosen > rejected`` (1, or 1/2 for a kept tie)."""
@@ -112,7 +117,7 @@ class PairDataset(torch.utils.data.Dataset):
         self.teacher_prob = np.full(len(keep), np.nan, dtype=np.float32)
         self.reference_chosen: np.ndarray | None = None
         self.reference_rejected: np.ndarray | None = None
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = padding_id(tokenizer)
         self.rows = pairs[keep]
 
     def __len__(self) -> int:
@@ -154,7 +159,7 @@ class CompletionDataset(torch.utils.data.Dataset):
             raise ValueError(f"every prompt fills max_length={max_length}: nothing left to train on")
         self.prompt_ids = [tok.prompt_ids[i] for i in keep]
         self.completion_ids = [tok.completion_ids[i] for i in keep]
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = padding_id(tokenizer)
 
     def __len__(self) -> int:
         return len(self.prompt_ids)

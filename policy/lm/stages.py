@@ -24,7 +24,8 @@ from ..config import DISTRIBUTION_LEARNING_LOSSES, BestOfNConfig, DPOConfig, Nas
 from ..protocols import PreferenceModel, RewardModel
 from ..tabular import _as_frame
 from . import losses
-from .data import CompletionDataset, PairDataset, PromptDataset, pad_completions, preference_pairs, sft_examples
+from .data import (CompletionDataset, PairDataset, PromptDataset, pad_completions, padding_id, preference_pairs,
+                   sft_examples)
 from .logprobs import completion_log_probs, completion_token_log_probs
 from .loop import make_accelerator, move_to, train
 from .reference import attach_reference_log_probs
@@ -357,7 +358,7 @@ class ProximalPolicyOptimization:
                  reference: torch.nn.Module, accelerator, generator: torch.Generator):
         self.config, self.tokenizer, self.prompts = config, tokenizer, prompts
         self.reward_model, self.reference, self.accelerator, self.generator = reward_model, reference, accelerator, generator
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = padding_id(tokenizer)
 
     def rollout(self, model, batch):
         cfg, acc = self.config, self.accelerator
@@ -452,7 +453,7 @@ class NashMirrorDescentPolicyGradient:
                  reference: torch.nn.Module, accelerator, generator: torch.Generator):
         self.config, self.tokenizer, self.prompts = config, tokenizer, prompts
         self.preference_model, self.reference, self.accelerator, self.generator = preference_model, reference, accelerator, generator
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = padding_id(tokenizer)
 
     def rollout(self, model, batch):
         cfg, acc = self.config, self.accelerator
@@ -530,7 +531,7 @@ class BestOfN(_Stage):
         """``prompt, response, reward, mean_reward``: the best of ``n`` samples per prompt."""
         cfg = self.config
         tok = self.tokenizer_
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        pad_id = padding_id(tok)
         dataset = PromptDataset(tok, prompts, cfg.max_prompt_length)
         generator = torch.Generator().manual_seed(cfg.seed if seed is None else seed)
         repeated_ids = [ids for ids in dataset.prompt_ids for _ in range(cfg.n)]
@@ -554,7 +555,7 @@ def evaluate_policy(policy, reference, tokenizer, prompts: list[str], preference
                     temperature: float = 1.0, seed: int = 0, max_prompt_length: int = 256) -> pl.DataFrame:
     """Per prompt: win rate of policy samples against reference samples under ``preference_model``,
     reward gain under ``reward_model``, and the Monte-Carlo KL(pi || pi_ref) = E_pi[log pi - log pi_ref]."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = padding_id(tokenizer)
     dataset = PromptDataset(tokenizer, prompts, max_prompt_length)
     ids = [p for p in dataset.prompt_ids for _ in range(n_samples)]
     texts_in = [p for p in prompts for _ in range(n_samples)]
