@@ -58,6 +58,35 @@ from .data import NoFiniteMLEError, PairCounts, aggregate, check_identifiable, s
 from .outcomes import make_outcome
 
 FORMAT_VERSION = 1
+BOOTSTRAP_STREAMS = 2  # parts of a batch of bootstrap rounds, each on its own thread
+
+
+class _Deferred:
+    """A fitted attribute that needs the standard errors, computed on its first read.
+
+    ``fit`` stops at the point estimates; the Hessian's Cholesky factorization and the diagonal
+    of its inverse (a fifth of a dense fit at 1,000 items) and the tables that show the standard
+    errors are made by ``_materialize`` when one of these attributes is first read, once.
+    Assignment works as for a plain attribute (``load`` and ``bootstrap`` assign them).
+    """
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__[self.name]
+        except KeyError:
+            pass
+        if obj.__dict__.get("_pending") is None:
+            raise AttributeError(f"{type(obj).__name__!r} object has no attribute {self.name!r}")
+        obj._materialize()
+        return obj.__dict__[self.name]
+
+    def __set__(self, obj, value):
+        obj.__dict__[self.name] = value
 
 
 def _elo_factor(link: str) -> float:
@@ -70,6 +99,9 @@ class NotFittedError(RuntimeError):
 
 class BradleyTerry:
     """Pairwise comparison model on items (see the module docstring for the whole family).
+
+    ``fit`` computes the scores; the standard errors and the tables that show them
+    (``scores_``, ``coef_``, ``annotators_``, ``tie_params_``) are computed when first read.
 
     Parameters
     ----------
@@ -87,6 +119,14 @@ class BradleyTerry:
     solver : "auto", "dense" (Newton, dense Hessian) or "sparse" (Newton-CG, sparse Hessian).
     dense_limit : "auto" uses the dense solver up to this many items.
     """
+
+    scores_ = _Deferred()
+    coef_ = _Deferred()
+    annotators_ = _Deferred()
+    tie_params_ = _Deferred()
+    std_error_method_ = _Deferred()
+    _factor = _Deferred()
+    _free = _Deferred()
 
     def __init__(self, link: str = "logit", ties: str = "half", both_bad: str = "tie",
                  position_effect: bool = False, covariates=None,
@@ -276,7 +316,25 @@ class BradleyTerry:
             return lambda s: s - np.mean(s, axis=0)
         return lambda s: s
 
+    _DEFERRED = ("scores_", "coef_", "annotators_", "tie_params_", "std_error_method_",
+                 "_factor", "_free")
+
     def _finish(self, obj, result, pairs):
+        """Keep what the standard errors need; :meth:`_materialize` computes them on first use."""
+        for name in self._DEFERRED:
+            self.__dict__.pop(name, None)
+        self._covariance = None
+        self.position_effect_ = float(result.phi[obj.layout.slices()[1]][0]) if self.position_effect else None
+        self._annotator_labels = pairs.annotators.to_list() if obj.layout.M else None
+        self._pending = (obj, result, pairs)
+
+    def _materialize(self):
+        obj, result, pairs = self._pending
+        with solvers.one_blas_thread():
+            self._standard_errors(obj, result, pairs)
+        self._pending = None
+
+    def _standard_errors(self, obj, result, pairs):
         K = obj.layout.K
         ss, sb, st, se = obj.layout.slices()
         phi = result.phi
@@ -285,7 +343,6 @@ class BradleyTerry:
         free = obj.free_mask()
         z = norm.ppf(0.5 + self.confidence / 2.0)
         self._free = free
-        self._covariance = None
         var_all = None
         if self._method == "dense":
             try:
@@ -367,8 +424,6 @@ class BradleyTerry:
             errs.append(se_all[sb][i])
         self.coef_ = pl.DataFrame({"name": names, "coef": np.array(values, dtype=float),
                                    "std_error": np.array(errs, dtype=float)})
-        self.position_effect_ = float(phi[sb][0]) if self.position_effect else None
-        self._annotator_labels = pairs.annotators.to_list() if obj.layout.M else None
         if obj.layout.M:
             ann_counts = np.bincount(pairs.annotator, pairs.wins + pairs.losses + pairs.ties + pairs.both_bad,
                                      obj.layout.M)
@@ -415,7 +470,7 @@ class BradleyTerry:
     def _layout(self):
         K = len(self.items_)
         q = (1 if self.position_effect else 0) + len(self.covariates or [])
-        M = 0 if self.annotators_ is None else len(self._annotator_order)
+        M = 0 if self._annotator_labels is None else len(self._annotator_order)
         m = make_outcome(self.link, self.ties).n_params
         return solvers.Layout(K, q, M, m)
 
@@ -616,16 +671,15 @@ class BradleyTerry:
         chunk = max(1, min(n_rounds, (max_cells if compact else max_cells // 6) // max(R, 1)))
         normalize = self._normalizer(obj.layout.K)
         ss, _, _, _ = obj.layout.slices()
-        samples, ok_all = [], []
-        done = 0
-        while done < n_rounds:
-            B = min(chunk, n_rounds - done)
-            # means up to 32 draw from the table (at most 177): one byte a cell
-            dtype = (np.uint8 if top <= TABLE_MAX_MEAN else np.uint32) if compact else np.float64
-            w = poisson_counts(pairs.wins, B, rng, dtype)
-            lo = poisson_counts(pairs.losses, B, rng, dtype)
-            t = poisson_counts(pairs.ties, B, rng, dtype) if pairs.ties.any() else 0.0
-            bb = poisson_counts(pairs.both_bad, B, rng, dtype) if pairs.both_bad.any() else 0.0
+        # means up to 32 draw from the table (at most 177): one byte a cell
+        dtype = (np.uint8 if top <= TABLE_MAX_MEAN else np.uint32) if compact else np.float64
+
+        def rounds(rng_part, B):
+            """``B`` rounds drawn from ``rng_part`` and solved: (samples (B, K), ok (B,))."""
+            w = poisson_counts(pairs.wins, B, rng_part, dtype)
+            lo = poisson_counts(pairs.losses, B, rng_part, dtype)
+            t = poisson_counts(pairs.ties, B, rng_part, dtype) if pairs.ties.any() else 0.0
+            bb = poisson_counts(pairs.both_bad, B, rng_part, dtype) if pairs.both_bad.any() else 0.0
             counts = self._counts(pairs, w, lo, t, bb)
             if compact:
                 counts = self._compact_rounds(obj, counts)
@@ -634,8 +688,21 @@ class BradleyTerry:
                                               ftol=self.tol, fscale=self.objective_)
             else:
                 phi, ok = solvers.one_step_batch(obj, self.params_, counts, solve)
-            samples.append(normalize(phi[ss]).T)
-            ok_all.append(ok)
+            return normalize(phi[ss]).T, ok
+
+        samples, ok_all = [], []
+        done = 0
+        while done < n_rounds:
+            B = min(chunk, n_rounds - done)
+            # the batch's rounds in BOOTSTRAP_STREAMS parts, each with its own random stream
+            # (spawned from ``seed``) and solved on its own thread: the same rounds for a seed
+            # whether the parts run side by side or one after the other
+            sizes = [n for n in np.diff(np.linspace(0, B, BOOTSTRAP_STREAMS + 1).round()).astype(int)
+                     if n > 0]
+            parts = list(zip(rng.spawn(len(sizes)), sizes))
+            for part_samples, part_ok in solvers.parallel_map(lambda a: rounds(*a), parts):
+                samples.append(part_samples)
+                ok_all.append(part_ok)
             done += B
         samples = np.vstack(samples)
         ok = np.concatenate(ok_all)
@@ -765,6 +832,7 @@ class BradleyTerry:
             model._annotator_labels = json.loads(files["annotator_order"].tobytes().decode())
         else:
             model.annotators_ = None
+            model._annotator_labels = None
         return model
 
 

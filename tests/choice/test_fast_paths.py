@@ -8,6 +8,8 @@ weights (vs the dense Hessian), and the batched bootstrap of plain Bradley-Terry
 counts (vs independent full refits of every round).
 """
 
+import os
+
 import numpy as np
 import polars as pl
 import pytest
@@ -255,3 +257,103 @@ def test_poisson_counts_compact_dtype_and_large_means():
     np.testing.assert_allclose(draws.var(axis=1), counts, rtol=0.1, atol=0.03)
     small = poisson_counts(counts[:5], 3000, rng, np.uint8)
     assert small.dtype == np.uint8 and small.max() < 256
+
+
+# ---------------------------------------------------------------- threads and deferred work
+@pytest.mark.parametrize("n_parts", [2, 3, 7])
+def test_row_parts_pieces_equal_one_part(n_parts):
+    frame, _ = simulate(30, 5000, seed=21, ties="davidson", tie_param=0.2)
+    fast, slow = _objectives(frame, "half")
+    phi = fast.initial() + np.random.default_rng(0).normal(0, 0.3, fast.layout.size)
+    one = fast._plain_pieces(phi)
+    fast._parts = fast._row_parts(n_parts)
+    assert len(fast._parts) == n_parts
+    # the parts cover every row once, each first item in one part only
+    assert [p[0] for p in fast._parts][0] == 0 and fast._parts[-1][1] == fast.R
+    assert all(a[1] == b[0] for a, b in zip(fast._parts, fast._parts[1:]))
+    items = np.concatenate([p[3] for p in fast._parts])
+    assert len(items) == len(np.unique(items))
+    many = fast._plain_pieces(phi)
+    assert many["value"] == pytest.approx(one["value"], rel=1e-13)
+    np.testing.assert_allclose(many["g"], one["g"], rtol=1e-11, atol=1e-9)
+    np.testing.assert_allclose(many["diag_s"], one["diag_s"], rtol=1e-12)
+    np.testing.assert_array_equal(many["cw"], one["cw"])
+    # and both equal the general outcome-model path
+    ref = slow.derivatives(phi)
+    np.testing.assert_allclose(many["g"], ref["g"], rtol=1e-9, atol=1e-8)
+
+
+def test_threaded_sparse_hessian_matvec_equals_dense(monkeypatch):
+    monkeypatch.setattr(solvers, "PARALLEL_ROWS", 1)
+    frame, _ = simulate(40, 3000, seed=22)
+    fast, _ = _objectives(frame, "half", l2=0.5)
+    phi = fast.initial()
+    H = solvers.SparseHessian(fast, fast.derivatives(phi, "sparse"))
+    dense = fast.dense_hessian(phi)
+    v = np.random.default_rng(2).normal(size=(fast.layout.size, 4))
+    np.testing.assert_allclose(H.matvec(v), dense @ v, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(H.matvec(v[:, 1]), dense @ v[:, 1], rtol=1e-10, atol=1e-10)
+
+
+def test_parallel_map_keeps_order_and_raises():
+    assert solvers.parallel_map(lambda x: x * x, range(7)) == [x * x for x in range(7)]
+    assert solvers.parallel_map(lambda x: x, []) == []
+
+    def boom(x):
+        if x == 3:
+            raise ValueError("part 3 failed")
+        return x
+
+    with pytest.raises(ValueError, match="part 3 failed"):
+        solvers.parallel_map(boom, range(5))
+
+
+@pytest.mark.parametrize("method", ["exact", "one-step"])
+def test_bootstrap_parts_on_threads_equal_serial(monkeypatch, method):
+    # the general path (Davidson ties: per-thread work buffers) and the compact plain path
+    for model in (BradleyTerry(ties="davidson"), BradleyTerry()):
+        frame, _ = simulate(15, 3000, seed=23, ties="davidson", tie_param=0.3)
+        threaded = type(model)(**model.get_params()).fit(frame).bootstrap(30, seed=4, method=method)
+        monkeypatch.setattr(solvers, "parallel_map", lambda fn, items, **kw: [fn(x) for x in items])
+        serial = type(model)(**model.get_params()).fit(frame).bootstrap(30, seed=4, method=method)
+        monkeypatch.undo()
+        np.testing.assert_array_equal(threaded.bootstrap_samples_, serial.bootstrap_samples_)
+        assert threaded.bootstrap_samples_.shape == (30, 15)
+
+
+def test_idle_cpus_is_a_cpu_count():
+    assert 0 <= solvers.idle_cpus() <= (os.cpu_count() or 1)
+
+
+def test_standard_errors_are_computed_on_first_read():
+    frame, _ = simulate(12, 2000, seed=24)
+    model = BradleyTerry(position_effect=False).fit(frame)
+    deferred = ("scores_", "coef_", "annotators_", "tie_params_", "std_error_method_")
+    assert not any(name in model.__dict__ for name in deferred)  # fit stopped at the scores
+    eager = BradleyTerry().fit(frame)
+    table = eager.scores_  # the first read computes them
+    assert all(name in eager.__dict__ for name in deferred)
+    assert table["std_error"].is_finite().all() and eager.std_error_method_ == "fisher"
+    np.testing.assert_array_equal(model.scores_["std_error"].to_numpy(), table["std_error"].to_numpy())
+    # a refit drops the old tables: they describe the new data
+    other, _ = simulate(12, 500, seed=25)
+    eager.fit(other)
+    assert "scores_" not in eager.__dict__
+    assert eager.scores_["comparisons"].sum() == 2 * other.height
+    # bootstrap without reading scores_ first, and an unfitted model has no scores_
+    fresh = BradleyTerry().fit(frame).bootstrap(10, seed=0)
+    assert "bootstrap_std_error" in fresh.scores_.columns
+    assert not hasattr(BradleyTerry(), "scores_")
+
+
+def test_parallel_map_nested_runs_inline(monkeypatch):
+    # a call from inside the pool (bootstrap parts whose solves use threaded matvecs) must not
+    # wait for the pool's busy threads
+    out = solvers.parallel_map(lambda x: solvers.parallel_map(lambda y: x * 10 + y, range(3)),
+                               range(4))
+    assert out == [[x * 10 + y for y in range(3)] for x in range(4)]
+    monkeypatch.setattr(solvers, "PARALLEL_ROWS", 1)
+    frame, _ = simulate(20, 2000, seed=26)
+    sparse = BradleyTerry(l2=0.5, solver="sparse").fit(frame).bootstrap(6, seed=1)
+    dense = BradleyTerry(l2=0.5).fit(frame).bootstrap(6, seed=1)
+    np.testing.assert_allclose(sparse.bootstrap_samples_, dense.bootstrap_samples_, atol=1e-5)
