@@ -524,10 +524,11 @@ class Objective:
 
 
 # ---------------------------------------------------------------------- helpers
-def _take_step(obj, phi, step, value, slope, pieces, lower):
+def _take_step(obj, phi, step, value, slope, pieces, lower, value_only: bool = False):
     """One damped Newton step: the full step (cut back to stay inside the lower bounds), accepted
     on the Armijo condition, else a backtracking line search. Returns the new point, its value,
-    its derivative pieces and the step length ``t`` (0 when no decrease was found)."""
+    its derivative pieces and the step length ``t`` (0 when no decrease was found).
+    ``value_only``: evaluate only the value at the full step (pieces None when it is taken)."""
     t = 1.0
     if lower is not None:
         idx, lo = lower
@@ -536,8 +537,8 @@ def _take_step(obj, phi, step, value, slope, pieces, lower):
         if bad.any():
             t = min(1.0, float(np.min(0.9 * (phi[idx][bad] - lo[bad]) / -step[idx][bad])))
     cand = phi + t * step
-    cand_pieces = obj.derivatives(cand, "none")
-    v = cand_pieces["value"]
+    cand_pieces = None if value_only else obj.derivatives(cand, "none")
+    v = float(obj.value(cand)) if value_only else cand_pieces["value"]
     if np.isfinite(v) and v <= value + 1e-4 * t * slope + 1e-12 * abs(value):
         return cand, v, cand_pieces, t
     phi_new, value_new, t = _line_search(obj, phi, step, value, slope, lower)
@@ -583,12 +584,18 @@ def _newton_update(obj, phi, g, step, value, pieces, lower, tol):
         step = -g
         slope = -float(g @ g)
     decrement = -slope
-    phi_new, value_new, pieces_new, t = _take_step(obj, phi, step, value, slope, pieces, lower)
+    # a full step with this decrement ends the iteration: only its value is needed (the
+    # estimator computes the Hessian at the optimum when the standard errors are first read)
+    last = decrement <= min(1e-2, 1e-8 * max(1.0, abs(value))) or decrement <= tol * abs(value)
+    phi_new, value_new, pieces_new, t = _take_step(obj, phi, step, value, slope, pieces, lower,
+                                                   value_only=last)
     if t == 0.0:
         return phi, value, pieces, True, decrement <= 1e-8 * max(1.0, abs(value))
     scale = max(1.0, abs(value_new))
     predictive = t == 1.0 and decrement <= min(1e-2, 1e-8 * scale)
     done = decrement <= tol * scale or predictive or np.max(np.abs(t * step)) < 1e-12
+    if pieces_new is None and not done:
+        pieces_new = obj.derivatives(phi_new, "none")
     return phi_new, value_new, pieces_new, done, done
 
 
