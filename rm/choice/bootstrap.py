@@ -43,23 +43,34 @@ def _uniform16(rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.bit_generator.random_raw((n + 3) // 4).view(np.uint16)[:n]
 
 
+def poisson_plan(counts: np.ndarray):
+    """The grouping of cells by mean that :func:`poisson_counts` uses: ``(order, edges, big)``
+    (cells sorted by integral mean up to 32, where each mean's run starts, and the other cells).
+    Computed once for draws of many batches of rounds from the same counts."""
+    lam = np.asarray(counts)
+    table_ok = (lam > 0) & (lam == np.round(lam)) & (lam <= TABLE_MAX_MEAN)
+    lam_int = np.where(table_ok, lam, 0).astype(np.intp)
+    order = np.argsort(lam_int, kind="stable")
+    edges = np.searchsorted(lam_int[order], np.arange(TABLE_MAX_MEAN + 2))
+    big = np.flatnonzero((lam > 0) & ~table_ok)
+    return order, edges, big
+
+
 def poisson_counts(counts: np.ndarray, n_rounds: int, rng: np.random.Generator,
-                   dtype=np.float64) -> np.ndarray:
+                   dtype=np.float64, plan=None) -> np.ndarray:
     """Draw ``Poisson(counts[i])`` for every cell and round: returns ``(len(counts), n_rounds)``
     of ``dtype`` (a small integer type keeps the draws compact: 1-2 bytes a cell).
 
     Cells are grouped by their (integral, at most 32) mean, so each group reads one 64 KB row of
-    the inverse-CDF table; other means use ``rng.poisson``.
+    the inverse-CDF table; other means use ``rng.poisson``.  ``plan``: that grouping from
+    :func:`poisson_plan` (computed here when None).
     """
     counts = np.asarray(counts)
     n_rounds = int(n_rounds)
     out = np.zeros((len(counts), n_rounds), dtype=dtype)
     lam = counts
-    table_ok = (lam > 0) & (lam == np.round(lam)) & (lam <= TABLE_MAX_MEAN)
     table, cdfs = _tables()
-    lam_int = np.where(table_ok, lam, 0).astype(np.intp)
-    order = np.argsort(lam_int, kind="stable")
-    edges = np.searchsorted(lam_int[order], np.arange(TABLE_MAX_MEAN + 2))
+    order, edges, big = poisson_plan(counts) if plan is None else plan
     for value in range(1, TABLE_MAX_MEAN + 1):
         rows = order[edges[value]:edges[value + 1]]
         if not len(rows):
@@ -72,7 +83,6 @@ def poisson_counts(counts: np.ndarray, n_rounds: int, rng: np.random.Generator,
             exact = (u[flagged] + rng.random(len(flagged))) / 65536.0
             draws[flagged] = np.searchsorted(cdfs[value], exact, side="right")
         out[rows] = draws.reshape(len(rows), n_rounds)
-    big = np.flatnonzero((lam > 0) & ~table_ok)
     if len(big):
         out[big] = rng.poisson(lam[big][:, None], size=(len(big), n_rounds))
     return out

@@ -53,7 +53,7 @@ import scipy.linalg as sla
 from scipy.stats import norm
 
 from . import solvers
-from .bootstrap import TABLE_MAX_MEAN, poisson_counts
+from .bootstrap import TABLE_MAX_MEAN, poisson_counts, poisson_plan
 from .data import NoFiniteMLEError, PairCounts, aggregate, check_identifiable, save_npz_atomically
 from .outcomes import make_outcome
 
@@ -674,12 +674,18 @@ class BradleyTerry:
         # means up to 32 draw from the table (at most 177): one byte a cell
         dtype = (np.uint8 if top <= TABLE_MAX_MEAN else np.uint32) if compact else np.float64
 
+        sources = {"wins": pairs.wins, "losses": pairs.losses}
+        for name in ("ties", "both_bad"):
+            if getattr(pairs, name).any():
+                sources[name] = getattr(pairs, name)
+        plans = {name: poisson_plan(c) for name, c in sources.items()}  # once for all batches
+
         def rounds(rng_part, B):
             """``B`` rounds drawn from ``rng_part`` and solved: (samples (B, K), ok (B,))."""
-            w = poisson_counts(pairs.wins, B, rng_part, dtype)
-            lo = poisson_counts(pairs.losses, B, rng_part, dtype)
-            t = poisson_counts(pairs.ties, B, rng_part, dtype) if pairs.ties.any() else 0.0
-            bb = poisson_counts(pairs.both_bad, B, rng_part, dtype) if pairs.both_bad.any() else 0.0
+            draws = {name: poisson_counts(c, B, rng_part, dtype, plans[name])
+                     for name, c in sources.items()}
+            w, lo = draws["wins"], draws["losses"]
+            t, bb = draws.get("ties", 0.0), draws.get("both_bad", 0.0)
             counts = self._counts(pairs, w, lo, t, bb)
             if compact:
                 counts = self._compact_rounds(obj, counts)

@@ -357,3 +357,13 @@ def test_parallel_map_nested_runs_inline(monkeypatch):
     sparse = BradleyTerry(l2=0.5, solver="sparse").fit(frame).bootstrap(6, seed=1)
     dense = BradleyTerry(l2=0.5).fit(frame).bootstrap(6, seed=1)
     np.testing.assert_allclose(sparse.bootstrap_samples_, dense.bootstrap_samples_, atol=1e-5)
+
+
+def test_poisson_plan_gives_the_same_draws():
+    from rm.choice.bootstrap import poisson_plan
+
+    counts = np.array([0, 1, 3, 1, 40, 2.5, 0, 7, 32, 33], dtype=float)
+    plain = poisson_counts(counts, 9, np.random.default_rng(5), np.uint32)
+    planned = poisson_counts(counts, 9, np.random.default_rng(5), np.uint32, poisson_plan(counts))
+    np.testing.assert_array_equal(plain, planned)
+    assert np.all(planned[[0, 6]] == 0)
