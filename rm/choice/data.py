@@ -137,7 +137,7 @@ def outcome_codes(frame: pl.DataFrame, label: str) -> np.ndarray:
     if col.dtype != pl.String:
         col = col.cast(pl.String)
     is_b = (col == "b").fill_null(False).to_numpy()
-    codes = is_b.astype(np.int64)
+    codes = is_b.astype(np.int8)
     n_a = int((col == "a").sum())
     if n_a + int(np.count_nonzero(is_b)) == len(col):
         return codes
@@ -363,12 +363,12 @@ def count_cells(key: np.ndarray, outcome: np.ndarray) -> tuple[np.ndarray, np.nd
     of an ``argsort``; no inverse index, no table of all possible keys): runs of equal values
     are the (key, outcome) cells, and runs of equal keys the rows.
     """
+    n = len(key)
+    if not n:
+        return np.zeros(0, dtype=np.int64), np.zeros((4, 0))
     cell = key << 2
     cell |= outcome
     cell.sort()
-    n = len(cell)
-    if not n:
-        return np.zeros(0, dtype=np.int64), np.zeros((4, 0))
     starts = np.flatnonzero(cell[1:] != cell[:-1])
     starts += 1
     starts = np.concatenate([[0], starts])

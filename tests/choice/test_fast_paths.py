@@ -30,10 +30,11 @@ def _random_rows(rng, K, n, n_out=4):
     return np.minimum(a, b) * K + np.maximum(a, b), rng.integers(0, n_out, n)
 
 
+@pytest.mark.parametrize("n_out", [4, 2, 1])
 @pytest.mark.parametrize("K,n", [(5, 1), (7, 300), (50, 5000), (3000, 20000)])
-def test_count_cells_equals_unique_and_bincount(K, n):
+def test_count_cells_equals_unique_and_bincount(K, n, n_out):
     rng = np.random.default_rng(K)
-    key, outcome = _random_rows(rng, K, n)
+    key, outcome = _random_rows(rng, K, n, n_out)
     ukey, counts = count_cells(key.copy(), outcome.copy())
     ref_key, inv = np.unique(key, return_inverse=True)
     ref = np.zeros((len(ref_key), 4))
@@ -41,6 +42,15 @@ def test_count_cells_equals_unique_and_bincount(K, n):
     np.testing.assert_array_equal(ukey, ref_key)
     np.testing.assert_array_equal(counts, ref.T)
     assert counts.flags["C_CONTIGUOUS"] and counts.sum() == n
+
+
+def test_count_cells_32_bit_keys_and_small_outcomes():
+    rng = np.random.default_rng(11)
+    key, outcome = _random_rows(rng, 300, 5000, 2)
+    ukey, counts = count_cells(key.astype(np.int32), outcome.astype(np.int8))  # as aggregate() makes them
+    ref_key, ref_counts = count_cells(key.copy(), outcome.copy())
+    np.testing.assert_array_equal(ukey, ref_key)
+    np.testing.assert_array_equal(counts, ref_counts)
 
 
 def test_count_cells_empty():
