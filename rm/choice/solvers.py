@@ -127,7 +127,6 @@ class Objective:
         self.annotator_l2 = float(annotator_l2)
         self.reference = reference
         R = len(self.first)
-        P = self.layout.size
         # rows sorted by first item (as aggregate() makes them): per-item sums over the first
         # items are segment sums (np.add.reduceat), ~4x faster than np.bincount, which stalls on
         # runs of the same index
@@ -137,26 +136,7 @@ class Objective:
             starts += 1
             starts = np.concatenate([[0], starts])
             self._first_runs = (starts, self.first[starts])
-        # rows are distinct item pairs when nothing else splits them: scatter without summing
-        self._unique_pairs = False
-        if self.Z is None and self.annotator is None and bool(np.all(self.first < self.second)):
-            if self._first_runs is not None:  # sorted by first: check the seconds within runs
-                d = np.diff(self.second)
-                d[self._first_runs[0][1:] - 1] = 1  # a new first item starts a new run
-                self._unique_pairs = bool(np.all(d > 0))
-            if not self._unique_pairs:
-                key = self.first * K + self.second
-                self._unique_pairs = len(np.unique(key)) == len(key)
-        if self._unique_pairs:
-            # (second, first) is in the lower triangle
-            self._lower_flat = self.second * P
-            self._lower_flat += self.first
-            self._lower_key = None
-        else:
-            lo = np.maximum(self.first, self.second)
-            hi = np.minimum(self.first, self.second)
-            self._lower_flat = None
-            self._lower_key = lo * K + hi
+        self._lower = None  # where the rows' Hessian weights go in a dense matrix: _lower_index()
         self.R = R
         self._parts = self._row_parts()
         self._incidence = None
@@ -495,18 +475,45 @@ class Objective:
         pieces = dict(g=g, diag_s=diag_s, cross=cross, extra=extra, cw=cw, value=value)
         return pieces
 
+    def _lower_index(self):
+        """``(flat, key)``: with distinct item pairs as rows, each row's flat index in the
+        lower triangle of the (P, P) matrix (a plain scatter, ``key`` None); else ``flat`` None
+        and the rows' (K, K) lower-triangle keys, whose weights are summed.  Made on first
+        use: only the dense solver needs it."""
+        if self._lower is None:
+            K, P = self.layout.K, self.layout.size
+            # rows are distinct item pairs when nothing else splits them: scatter without summing
+            unique_pairs = False
+            if self.Z is None and self.annotator is None and bool(np.all(self.first < self.second)):
+                if self._first_runs is not None:  # sorted by first: check the seconds within runs
+                    d = np.diff(self.second)
+                    d[self._first_runs[0][1:] - 1] = 1  # a new first item starts a new run
+                    unique_pairs = bool(np.all(d > 0))
+                if not unique_pairs:
+                    key = self.first * K + self.second
+                    unique_pairs = len(np.unique(key)) == len(key)
+            if unique_pairs:
+                flat = self.second * P  # (second, first) is in the lower triangle
+                flat += self.first
+                self._lower = (flat, None)
+            else:
+                lo = np.maximum(self.first, self.second)
+                hi = np.minimum(self.first, self.second)
+                self._lower = (None, lo * K + hi)
+        return self._lower
+
     def assemble_dense(self, pieces, free=None) -> np.ndarray:
         """The Hessian's lower triangle (what ``cho_factor(lower=True)`` reads) in a dense
         matrix; coordinates not in ``free`` are pinned (unit diagonal, zero row and column)."""
         K = self.layout.K
         P = self.layout.size
         cw = pieces["cw"]
-        if self._unique_pairs:
-            H = np.zeros((P, P))
-            H.ravel()[self._lower_flat] = -cw
+        flat, key = self._lower_index()
+        H = np.zeros((P, P))
+        if flat is not None:
+            H.ravel()[flat] = -cw
         else:
-            H = np.zeros((P, P))
-            H[:K, :K] = -np.bincount(self._lower_key, cw, K * K).reshape(K, K)
+            H[:K, :K] = -np.bincount(key, cw, K * K).reshape(K, K)
         H[np.arange(K), np.arange(K)] = pieces["diag_s"]
         H[K:, :K] = pieces["cross"].T
         H[K:, K:] = pieces["extra"]
