@@ -111,6 +111,7 @@ class Store:
         self.engine = _make_engine(self.url)
         self.dialect = self.engine.dialect.name
         schema.metadata.create_all(self.engine)
+        self._checkpoints: list[Any] = []  # WAL checkpoints running after bulk writes (threads)
         self.files_dir = self._init_files_dir(files_dir)
 
     # ------------------------------------------------------------------ plumbing
@@ -118,7 +119,18 @@ class Store:
         return f"Store({self.engine.url.render_as_string(hide_password=True)!r})"
 
     def close(self) -> None:
+        self.wait_for_checkpoint()
         self.engine.dispose()
+
+    def wait_for_checkpoint(self) -> None:
+        """Wait until the WAL checkpoints that large bulk writes left running have ended (SQLite).
+
+        A bulk write of many rows returns once it has committed; copying its pages from the WAL
+        into the database file runs on in a thread (see
+        :func:`workbench.bulk._checkpoint_in_background`). :meth:`close` waits as well.
+        """
+        while self._checkpoints:
+            self._checkpoints.pop().join()
 
     def __enter__(self) -> "Store":
         return self
@@ -462,26 +474,47 @@ class Store:
             pl.col("annotator_id").fill_null(annotator_id),
             pl.col("gold").fill_null(False),
         )
-        rejects = find_invalid(frame, allow_empty_responses=allow_empty_responses)
+        # Without skip_invalid the rows are checked in a thread while they are written (no row is
+        # dropped, so the writing needs no answer): a bad row stops the import before its commit,
+        # with the same error, and the transaction rolls back. With skip_invalid, first.
+        checked = _in_thread(find_invalid, frame, allow_empty_responses=allow_empty_responses)
+
+        def all_rejects(more: pl.DataFrame) -> pl.DataFrame:
+            rejects = checked.result()
+            if more.height:
+                rejects = pl.concat([rejects, more]).unique(subset=["line"], keep="first").sort("line")
+            return rejects
+
         n_chunks = bulk.plan_chunks(self, frame, chunk_rows)
         if n_chunks > 1:
             prepared, more_rejects = bulk.prepare_for_chunks(frame)  # ids: chunk by chunk, below
         else:
             prepared, more_rejects = prepare_comparisons(frame)
-        if more_rejects.height:
-            rejects = pl.concat([rejects, more_rejects]).unique(subset=["line"], keep="first").sort("line")
-        if rejects.height:
-            if not skip_invalid:
-                raise InvalidRows(path, rejects)
-            if n_chunks == 1:
-                prepared = prepared.filter(~pl.col("line").is_in(rejects["line"].implode()))
+        if skip_invalid or more_rejects.height:
+            rejects = all_rejects(more_rejects)
+            if rejects.height:
+                if not skip_invalid:
+                    raise InvalidRows(path, rejects)
+                if n_chunks == 1:
+                    prepared = prepared.filter(~pl.col("line").is_in(rejects["line"].implode()))
+        else:
+            rejects = pl.DataFrame(schema={"line": pl.Int64, "field": pl.String, "reason": pl.String})  # none so far
         import_id = "imp_" + uuid.uuid4().hex[:20]
 
         with bulk.transaction(self, check_references=False) as tx:  # references hold by construction
-            if n_chunks > 1:
-                counts = bulk.write_pipelined(self, tx, prepared, rejects["line"], import_id, n_chunks)
-            else:
-                counts = bulk.write_prepared(self, tx, prepared, import_id)
+            try:
+                if n_chunks > 1:
+                    counts = bulk.write_pipelined(self, tx, prepared, rejects["line"], import_id, n_chunks)
+                else:
+                    counts = bulk.write_prepared(self, tx, prepared, import_id)
+            except Exception as exc:  # a bad row can break the writing first: the error names the row
+                if not skip_invalid and (late := all_rejects(more_rejects)).height:
+                    raise InvalidRows(path, late) from exc
+                raise
+            if not skip_invalid:
+                rejects = all_rejects(more_rejects)
+                if rejects.height:
+                    raise InvalidRows(path, rejects)  # rolls the transaction back
             tx.insert_ignore(schema.imports, pl.DataFrame([dict(
                 import_id=import_id, path=path, format=format, file_sha256=file_sha256,
                 rows_read=frame.height + rows_rejected, rows_rejected=rows_rejected + rejects.height,
@@ -606,6 +639,24 @@ class Store:
         with self._write() as conn:
             conn.execute(t.delete().where(t.c.key == key))
             conn.execute(t.insert().values(key=key, value=json.dumps(value)))
+
+
+def _in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` started in a thread; returns a ``concurrent.futures.Future``."""
+    import threading
+    from concurrent.futures import Future
+
+    fut: Future = Future()
+
+    def run() -> None:
+        if fut.set_running_or_notify_cancel():
+            try:
+                fut.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # noqa: BLE001  (handed to whoever waits on the future)
+                fut.set_exception(exc)
+
+    threading.Thread(target=run, name="workbench-check-rows", daemon=True).start()
+    return fut
 
 
 def _check_label_fields(label: Any, strength: Any, shown_left: Any, source: Any, rationale: Any, duration_ms: Any, client_token: Any) -> None:

@@ -18,7 +18,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import polars as pl
 import sqlalchemy as sa
@@ -130,83 +130,259 @@ def _resolve_parts(
     The events come back in event order (``kind`` and :data:`HASH_COLUMNS`); each comparison
     keeps its latest event, and a comparison whose latest event is a retraction is dropped.
     """
+    parts = _read_resolved(store, watermark, exclude_annotators, sources)
+    return parts.events, parts.prompts, parts.responses, parts.watermark
+
+
+@dataclass
+class _Resolved:
+    """What :func:`_read_resolved` gives: the resolved events and the texts they name."""
+
+    events: pl.DataFrame
+    prompts: pl.DataFrame
+    responses: pl.DataFrame
+    watermark: int
+    response_texts: Any = None  # responses["text"] as the Arrow array it was read as (row for row), if it was
+
+
+def _read_resolved(
+    store: "Store", watermark: int | None, exclude_annotators: Sequence[str], sources: Sequence[str] | None,
+) -> _Resolved:
     from .bulk import transaction
 
     if watermark is None:
         watermark = current_watermark(store)
+    watermark = int(watermark)
     with transaction(store, write=False) as tx:
-        events = _read_events(tx, int(watermark))
-        if events.height and events["comparison_id"].n_unique() < events.height:
-            events = events.unique(subset="comparison_id", keep="last", maintain_order=True)
-        events = events.filter(pl.col("kind") == "label").drop("kind")  # rows came in event order
-        if exclude_annotators:
-            events = events.filter(~pl.col("annotator_id").is_in(list(exclude_annotators)))
-        if sources is not None:
-            events = events.filter(pl.col("source").is_in(list(sources)))
+        if tx.dialect == "sqlite" and tx._adbc is None:
+            return _sqlite_resolved(store, tx, watermark, exclude_annotators, sources)
+        events = _resolve(_read_events(tx, watermark), exclude_annotators, sources)
         if events.height == 0:
-            return events, pl.DataFrame(), pl.DataFrame(), watermark
-        prompt_ids = events.get_column("prompt_id").unique()
-        response_ids = pl.concat([events["response_a_id"], events["response_b_id"]]).unique()
-        prompts, responses = _read_texts(tx, prompt_ids, response_ids)
-    return events, prompts, responses, watermark
+            return _Resolved(events, pl.DataFrame(), pl.DataFrame(), watermark)
+        prompts, responses = _read_texts(tx, *_named_ids(events))
+    return _Resolved(events, prompts, responses, watermark)
+
+
+def _resolve(events: pl.DataFrame, exclude_annotators: Sequence[str], sources: Sequence[str] | None) -> pl.DataFrame:
+    """Events in event order -> each comparison's latest event, retracted comparisons dropped, filtered."""
+    if events.height and events["comparison_id"].n_unique() < events.height:
+        events = events.unique(subset="comparison_id", keep="last", maintain_order=True)
+    events = events.filter(pl.col("kind") == "label").drop("kind")  # rows came in event order
+    if exclude_annotators:
+        events = events.filter(~pl.col("annotator_id").is_in(list(exclude_annotators)))
+    if sources is not None:
+        events = events.filter(pl.col("source").is_in(list(sources)))
+    return events
+
+
+def _named_ids(events: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
+    """The distinct prompt ids and response ids that resolved events name."""
+    return (events.get_column("prompt_id").unique(),
+            pl.concat([events["response_a_id"], events["response_b_id"]]).unique())
 
 
 EVENT_SCHEMA = {"kind": pl.String, **{c: COMPARISONS_SCHEMA[c] for c in HASH_COLUMNS}}
 # How the SQLite column-wise read gets each event column (see workbench.bulk.ColumnQuery). The
 # strength is read exactly, row-wise, only for the events that have one: SQLite renders a
-# REAL as text with 15 digits, which does not always round-trip.
+# REAL as text with 15 digits, which does not always round-trip. The event ids are not read:
+# a chunk reads the ids ``lo < event_id <= hi`` of a rowid table in rowid order, and when it
+# holds ``hi - lo`` rows (SQLite numbers rows ``max + 1``, and events are never deleted) they are
+# ``lo + 1 .. hi``; a chunk with gaps is read row by row.
 _EVENT_COLUMNS = {
-    "event_id": ("event_id", "int"), "kind": ("kind", "token"), "comparison_id": ("comparison_id", "token"),
+    "kind": ("kind", "token"), "comparison_id": ("comparison_id", "token"),
     "prompt_id": ("prompt_id", "token"), "response_a_id": ("response_a_id", "token"), "response_b_id": ("response_b_id", "token"),
     "label": ("label", "token"), "annotator_id": ("annotator_id", "token"), "shown_left": ("shown_left", "token"),
     "source": ("source", "token"), "gold": ("gold", "int"), "rationale": ("rationale", "text"),
     "duration_ms": ("duration_ms", "int"), "created_at": ("created_at", "token"),
 }
-EVENT_CHUNK = 250_000  # events per column-wise read
-TEXT_CHUNK = 50_000  # prompts or responses per column-wise read
+EVENT_CHUNK = 125_000  # events per column-wise read
+TEXT_CHUNK = 50_000  # prompts or responses per column-wise read (by id; a scan reads twice as many per chunk)
+SCAN_TEXTS_PER_EVENT = 2.0  # scan the prompts and responses tables whole when they hold at most this many rows per event
 
 
-def _read_events(tx: Any, watermark: int) -> pl.DataFrame:
+class _SqliteFetchers:
+    """Column-wise SQLite reads run by worker threads: on the transaction's own connection and,
+    for a database file, on a second read connection, so that SQLite works on two cores (it runs
+    without the GIL) while the calling thread parses what came back.
+
+    Both connections read the same rows: label events up to a watermark fixed before either
+    transaction began (events are never updated or deleted, and every event up to the watermark
+    was committed when it was fixed), and prompts and responses, which are never updated or
+    deleted and were committed with or before the events that name them. While the workers run,
+    the caller does not use the transaction's cursor; :meth:`close` (the ``with`` block's end)
+    waits for them.
+    """
+
+    def __init__(self, store: "Store", tx: Any):
+        import queue
+        import threading
+
+        self._jobs: queue.Queue = queue.Queue()
+        self._closed = False
+        self._extra: Any = None
+        cursors = [tx._cur]
+        db = store.engine.url.database
+        if db and db != ":memory:" and "mode=memory" not in db:
+            try:
+                self._extra = store.engine.connect()
+                self._extra_tx = self._extra.begin()
+                cursors.append(self._extra.connection.driver_connection.cursor())
+            except Exception:  # noqa: BLE001  (one connection still does the whole read)
+                self._close_extra()
+        self._cursors = cursors
+        self._threads = [threading.Thread(target=self._work, args=(c,), name=f"wb-read-{i}", daemon=True)
+                         for i, c in enumerate(cursors)]
+        for t in self._threads:
+            t.start()
+
+    def _work(self, cursor: Any) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fn, fut = job
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(cursor))
+            except BaseException as exc:  # noqa: BLE001  (handed to whoever waits on the future)
+                fut.set_exception(exc)
+
+    def submit(self, fn: Any) -> Any:
+        """Run ``fn(cursor)`` on a worker; returns a ``concurrent.futures.Future``."""
+        from concurrent.futures import Future
+
+        fut: Future = Future()
+        if self._closed:  # the workers are gone: the caller runs it, on the transaction's cursor
+            try:
+                fut.set_result(fn(self._cursors[0]))
+            except BaseException as exc:  # noqa: BLE001
+                fut.set_exception(exc)
+            return fut
+        self._jobs.put((fn, fut))
+        return fut
+
+    def close(self) -> None:
+        """Let the workers finish what was submitted, and stop them (a second call does nothing)."""
+        if self._closed:
+            return
+        self._closed = True
+        for _ in self._threads:
+            self._jobs.put(None)
+        for t in self._threads:
+            t.join()
+        if self._extra is not None:
+            try:
+                self._cursors[-1].close()
+            finally:
+                self._close_extra()
+
+    def _close_extra(self) -> None:
+        try:
+            if getattr(self, "_extra_tx", None) is not None:
+                self._extra_tx.rollback()
+        finally:
+            self._extra.close()
+            self._extra = None
+
+    def __enter__(self) -> "_SqliteFetchers":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _event_query(lo: int, hi: int) -> Any:
+    from .bulk import ColumnQuery
+
+    return ColumnQuery("FROM label_events WHERE event_id > ? AND event_id <= ?", (lo, hi),
+                       _EVENT_COLUMNS, scalars=["sum(strength IS NOT NULL)", "min(event_id)", "max(event_id)"])
+
+
+def _event_frame(frame: pl.DataFrame, exact_strength: pl.DataFrame | None) -> pl.DataFrame:
+    """A parsed event chunk in :data:`EVENT_SCHEMA`, its strengths from ``exact_strength``
+    (``event_id``, ``strength`` of the events that have one; ``None``: no event has one)."""
+    frame = frame.with_columns(
+        pl.when(pl.col(c) == "").then(None).otherwise(pl.col(c)).alias(c) for c in ("label", "shown_left")
+    )
+    if exact_strength is not None:
+        frame = frame.join(exact_strength.select(pl.col("event_id").cast(pl.Int64), pl.col("strength").cast(pl.Float64)),
+                           on="event_id", how="left", maintain_order="left")
+    else:
+        frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias("strength"))
+    if not frame["event_id"].is_sorted():
+        frame = frame.sort("event_id")
+    return frame.select([_cast_column(frame[c], t) for c, t in EVENT_SCHEMA.items()])
+
+
+def _exact_strength_job(lo: int, hi: int) -> Any:
+    def job(cursor: Any) -> pl.DataFrame:
+        cursor.execute("SELECT event_id, strength FROM label_events WHERE event_id > ? AND event_id <= ? AND strength IS NOT NULL", (lo, hi))
+        rows = cursor.fetchall()
+        return pl.DataFrame(rows, schema={"event_id": pl.Int64, "strength": pl.Float64}, orient="row")
+    return job
+
+
+def _rowwise_events(tx: Any, lo: int, hi: int) -> pl.DataFrame:
+    """Events ``lo < event_id <= hi`` read row by row (Python objects, so floats stay exact)."""
+    frame = tx.frame(
+        f"SELECT kind, {', '.join(HASH_COLUMNS)} FROM label_events WHERE event_id > ? AND event_id <= ? ORDER BY event_id",
+        (lo, hi),
+    )
+    return frame.select([_cast_column(frame[c], t) for c, t in EVENT_SCHEMA.items()]) if frame.height else pl.DataFrame(schema=EVENT_SCHEMA)
+
+
+def _read_events(tx: Any, watermark: int, fetch: "_SqliteFetchers | None" = None) -> pl.DataFrame:
     """Every event with ``event_id <= watermark``, in event order (:data:`EVENT_SCHEMA`)."""
     if tx.dialect != "sqlite" or tx._adbc is not None:
         return tx.frame(
             f"SELECT kind, {', '.join(HASH_COLUMNS)} FROM label_events WHERE event_id <= {tx.ph(0)} ORDER BY event_id",
             (watermark,), schema=EVENT_SCHEMA,
         )
-    from .bulk import ColumnQuery, ColumnReadError
+    if fetch is None:
+        with _SqliteFetchers(tx.store, tx) as own:
+            return _sqlite_events(tx, own, _submit_events(own, watermark))
+    return _sqlite_events(tx, fetch, _submit_events(fetch, watermark))
 
-    queries = [
-        ColumnQuery("FROM label_events WHERE event_id > ? AND event_id <= ?", (lo, min(lo + EVENT_CHUNK, watermark)),
-                    _EVENT_COLUMNS, scalars=["sum(strength IS NOT NULL)"])
-        for lo in range(0, watermark, EVENT_CHUNK)
-    ]
-    parts = []
-    for (lo, hi), got in zip([q.params for q in queries], _fetch_pipelined(tx, queries)):
+
+def _submit_events(fetch: "_SqliteFetchers", watermark: int) -> list[tuple[int, int, Any, Any]]:
+    jobs = []
+    for lo in range(0, watermark, EVENT_CHUNK):
+        hi = min(lo + EVENT_CHUNK, watermark)
+        q = _event_query(lo, hi)
+        jobs.append((lo, hi, q, fetch.submit(q.fetch)))
+    return jobs
+
+
+def _sqlite_events(tx: Any, fetch: "_SqliteFetchers", jobs: list[tuple[int, int, Any, Any]]) -> pl.DataFrame:
+    """Parse the event chunks of :func:`_submit_events` as they arrive. A chunk whose column-wise
+    read cannot be trusted (see :class:`workbench.bulk.ColumnQuery`) is read row by row after
+    the workers are done with the transaction's cursor."""
+    from .bulk import ColumnReadError
+
+    parsed: list[Any] = []
+    for lo, hi, q, fut in jobs:
         try:
-            if isinstance(got, Exception):
-                raise got
-            frame, (n_strength,) = got
-            frame = frame.with_columns(
-                pl.when(pl.col(c) == "").then(None).otherwise(pl.col(c)).alias(c) for c in ("label", "shown_left")
-            )
-            if n_strength:
-                exact = tx.frame("SELECT event_id, strength FROM label_events WHERE event_id > ? AND event_id <= ? AND strength IS NOT NULL",
-                                 (lo, hi))
-                frame = frame.join(exact.select(pl.col("event_id").cast(pl.Int64), pl.col("strength").cast(pl.Float64)),
-                                   on="event_id", how="left", maintain_order="left")
-            else:
-                frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias("strength"))
-            if not frame["event_id"].is_sorted():
-                frame = frame.sort("event_id")
-            frame = frame.select([_cast_column(frame[c], t) for c, t in EVENT_SCHEMA.items()])
-        except (ColumnReadError, pl.exceptions.PolarsError):  # an unexpected value: read these rows row-wise
-            frame = tx.frame(  # (no schema: Python objects, so floats stay exact)
-                f"SELECT kind, {', '.join(HASH_COLUMNS)} FROM label_events WHERE event_id > ? AND event_id <= ? ORDER BY event_id",
-                (lo, hi),
-            )
-            frame = frame.select([_cast_column(frame[c], t) for c, t in EVENT_SCHEMA.items()]) if frame.height else pl.DataFrame(schema=EVENT_SCHEMA)
-        parts.append(frame)
-    return pl.concat(parts) if parts else pl.DataFrame(schema=EVENT_SCHEMA)
+            frame, (n_strength, first, last) = q.parse(fut.result())
+            if frame.height and (frame.height != hi - lo or first != lo + 1 or last != hi):
+                raise ColumnReadError(f"events {lo + 1}..{hi}: {frame.height} rows (ids {first}..{last})")
+            frame = frame.with_columns(pl.int_range(lo + 1, lo + 1 + frame.height, dtype=pl.Int64).alias("event_id"))
+            parsed.append((frame, fetch.submit(_exact_strength_job(lo, hi)) if n_strength else None))
+        except (ColumnReadError, pl.exceptions.PolarsError):
+            parsed.append(None)
+    parts = []
+    for (lo, hi, _, _), got in zip(jobs, parsed, strict=True):
+        frame = None
+        if got is not None:
+            try:
+                frame = _event_frame(got[0], got[1].result() if got[1] is not None else None)
+            except (ColumnReadError, pl.exceptions.PolarsError):
+                frame = None
+        parts.append((lo, hi, frame))
+    if any(frame is None for _, _, frame in parts):
+        fetch.close()  # the workers are done: the cursor is the caller's again
+        parts = [(lo, hi, frame if frame is not None else _rowwise_events(tx, lo, hi)) for lo, hi, frame in parts]
+    return pl.concat([frame for _, _, frame in parts]) if parts else pl.DataFrame(schema=EVENT_SCHEMA)
 
 
 def _cast_column(col: pl.Series, dtype: Any) -> pl.Series:
@@ -215,42 +391,120 @@ def _cast_column(col: pl.Series, dtype: Any) -> pl.Series:
     return col if col.dtype == dtype else _cast(col, dtype)
 
 
-def _fetch_pipelined(tx: Any, queries: list[Any]) -> Iterator[Any]:
-    """The rows of column-wise queries, fetched one ahead in a thread (SQLite works without the
-    GIL while polars parses the chunk before); yields ``(frame, scalars)`` or the exception.
-
-    Every fetch has ended before this returns, so the caller may use the cursor afterwards.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    if not queries:
-        return
-    cursor = tx._cur
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wb-read") as pool:
-        futures = [pool.submit(q.fetch, cursor) for q in queries]
-        results = []
-        for q, fut in zip(queries, futures):
-            try:
-                results.append(q.parse(fut.result()))
-            except Exception as exc:  # noqa: BLE001  (ColumnReadError, PolarsError: the caller falls back)
-                results.append(exc)
-    yield from results
-
-
 _PROMPT_COLUMNS = {"prompt_id": ("p.prompt_id", "token"), "prompt": ("p.text", "text"), "messages": ("p.messages", "text"), "category": ("p.category", "text")}
 _RESPONSE_COLUMNS = {"response_id": ("r.response_id", "token"), "text": ("r.text", "text"), "model": ("r.model", "text")}
 PROMPT_SCHEMA = {"prompt_id": pl.String, "prompt": pl.String, "messages": pl.String, "category": pl.String}
 RESPONSE_SCHEMA = {"response_id": pl.String, "text": pl.String, "model": pl.String}
 
 
-def _read_texts(tx: Any, prompt_ids: pl.Series, response_ids: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The prompts and responses with these ids (each once, in no particular order)."""
-    if tx.dialect == "sqlite" and tx._adbc is None:
+def _sqlite_resolved(store: "Store", tx: Any, watermark: int, exclude_annotators: Sequence[str], sources: Sequence[str] | None) -> _Resolved:
+    """:func:`_read_resolved` on SQLite: events and texts read column-wise by two workers.
+
+    When the prompts and responses tables are not much larger than the events (an import's
+    store), they are read whole, in rowid order, while the events are still being read (a scan
+    costs about half as much per row as a look-up by id), and the rows that no event names are
+    dropped afterwards; otherwise the named rows are looked up by id once the events are
+    resolved. Either way the result is the same.
+    """
+    extents = {t: int(tx.scalar(f"SELECT coalesce(max(rowid), 0) FROM {t}")) for t in ("prompts", "responses")}
+    scan = watermark > 0 and sum(extents.values()) <= SCAN_TEXTS_PER_EVENT * watermark
+    with _SqliteFetchers(store, tx) as fetch:
+        event_jobs = _submit_events(fetch, watermark)
+        text_jobs = _submit_text_scans(fetch, extents) if scan else None
+        events = _resolve(_sqlite_events(tx, fetch, event_jobs), exclude_annotators, sources)
+        if events.height == 0:
+            return _Resolved(events, pl.DataFrame(), pl.DataFrame(), watermark)
+        prompt_ids, response_ids = _named_ids(events)
         try:
-            return (_sqlite_texts(tx, prompt_ids, "prompts", "p", "prompt_id", _PROMPT_COLUMNS, PROMPT_SCHEMA),
-                    _sqlite_texts(tx, response_ids, "responses", "r", "response_id", _RESPONSE_COLUMNS, RESPONSE_SCHEMA))
-        except Exception:  # noqa: BLE001  (ColumnReadError: a text too big for one read, ...): row-wise below
+            if text_jobs is not None:
+                prompts, responses, texts = _scanned_texts(text_jobs, prompt_ids, response_ids)
+            else:
+                prompts, responses, texts = _texts_by_id(fetch, prompt_ids, response_ids)
+            return _Resolved(events, prompts, responses, watermark, texts)
+        except Exception:  # noqa: BLE001  (ColumnReadError, a text too big for one read, ...): row-wise below
             pass
+    prompts, responses = _read_texts(tx, prompt_ids, response_ids)
+    return _Resolved(events, prompts, responses, watermark)
+
+
+_TEXT_TABLES = {"prompts": ("p", "prompt_id", _PROMPT_COLUMNS, PROMPT_SCHEMA), "responses": ("r", "response_id", _RESPONSE_COLUMNS, RESPONSE_SCHEMA)}
+
+
+def _submit_text_scans(fetch: "_SqliteFetchers", extents: dict[str, int]) -> dict[str, list[tuple[Any, Any]]]:
+    """Column-wise reads of the whole prompts and responses tables, in rowid ranges."""
+    from .bulk import ColumnQuery
+
+    jobs: dict[str, list[tuple[Any, Any]]] = {}
+    step = 2 * TEXT_CHUNK
+    for table, (alias, _, columns, _) in _TEXT_TABLES.items():
+        jobs[table] = []
+        for lo in range(0, extents[table], step):
+            q = ColumnQuery(f"FROM {table} AS {alias} WHERE {alias}.rowid > ? AND {alias}.rowid <= ?", (lo, lo + step), columns)
+            jobs[table].append((q, fetch.submit(q.fetch)))
+    return jobs
+
+
+def _text_frames(table: str, jobs: list[tuple[Any, Any]]) -> tuple[pl.DataFrame, Any]:
+    """The parsed rows of text reads, and (responses) their texts as one Arrow array."""
+    import pyarrow as pa
+
+    schema = _TEXT_TABLES[table][3]
+    frames, arrays = [], []
+    for q, fut in jobs:
+        frame, _, arrow = q.parse(fut.result(), keep_arrow=True)
+        frames.append(frame)
+        if table == "responses":
+            arrays.append(arrow["text"])
+    out = pl.concat(frames) if frames else pl.DataFrame(schema=schema)
+    out = out.select([pl.col(c).cast(t) for c, t in schema.items()])
+    texts = None
+    if table == "responses":
+        texts = pa.concat_arrays(arrays) if len(arrays) > 1 else (arrays[0] if arrays else pa.array([], pa.large_string()))
+    return out, texts
+
+
+def _scanned_texts(jobs: dict[str, list[tuple[Any, Any]]], prompt_ids: pl.Series, response_ids: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame, Any]:
+    """The rows of whole-table reads that the events name (each once, in rowid order)."""
+    from .bulk import ColumnReadError
+
+    out = []
+    for table, wanted in (("prompts", prompt_ids), ("responses", response_ids)):
+        frame, texts = _text_frames(table, jobs[table])
+        key = _TEXT_TABLES[table][1]
+        if frame.height != len(wanted):
+            keep = frame.select(pl.col(key).is_in(wanted.implode())).to_series()
+            frame = frame.filter(keep)
+            if texts is not None:
+                import pyarrow as pa
+
+                texts = texts.filter(pa.array(keep.to_arrow()))
+        if frame.height != len(wanted):
+            raise ColumnReadError(f"{table}: {frame.height} of {len(wanted)} named rows found")
+        out.append((frame, texts))
+    return out[0][0], out[1][0], out[1][1]
+
+
+def _texts_by_id(fetch: "_SqliteFetchers", prompt_ids: pl.Series, response_ids: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame, Any]:
+    """Rows of the prompts and responses tables by id: the ids go in as one JSON array per chunk."""
+    from .bulk import ColumnQuery, ColumnReadError
+
+    jobs = {}
+    for table, wanted in (("prompts", prompt_ids), ("responses", response_ids)):
+        alias, key, columns, _ = _TEXT_TABLES[table]
+        keys = wanted.sort().to_list()  # in key order, the look-ups walk the index once (3x faster than at random)
+        jobs[table] = []
+        for i in range(0, len(keys), TEXT_CHUNK):
+            q = ColumnQuery(f"FROM json_each(?) AS j CROSS JOIN {table} AS {alias} ON {alias}.{key} = j.value",
+                            (json.dumps(keys[i:i + TEXT_CHUNK]),), columns)
+            jobs[table].append((q, fetch.submit(q.fetch)))
+    (prompts, _), (responses, texts) = _text_frames("prompts", jobs["prompts"]), _text_frames("responses", jobs["responses"])
+    if prompts.height != len(prompt_ids) or responses.height != len(response_ids):
+        raise ColumnReadError(f"{prompts.height} prompts for {len(prompt_ids)} ids, {responses.height} responses for {len(response_ids)} ids")
+    return prompts, responses, texts
+
+
+def _read_texts(tx: Any, prompt_ids: pl.Series, response_ids: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The prompts and responses with these ids (each once, in no particular order), row-wise."""
     tmp_p = tx.temp_table(prompt_ids.to_frame("prompt_id"))
     tmp_r = tx.temp_table(response_ids.to_frame("response_id"))
     temp = "temp." if tx.dialect == "sqlite" else ""
@@ -263,29 +517,6 @@ def _read_texts(tx: Any, prompt_ids: pl.Series, response_ids: pl.Series) -> tupl
         schema=RESPONSE_SCHEMA,
     )
     return prompts, responses
-
-
-def _sqlite_texts(tx: Any, wanted: pl.Series, table: str, alias: str, key: str, columns: dict, schema: dict) -> pl.DataFrame:
-    """Rows of ``table`` by key, column-wise: the keys go in as one JSON array per chunk."""
-    from .bulk import ColumnQuery
-
-    keys = wanted.sort().to_list()  # in key order, the look-ups walk the index once (3x faster than at random)
-    queries = [
-        ColumnQuery(f"FROM json_each(?) AS j CROSS JOIN {table} AS {alias} ON {alias}.{key} = j.value",
-                    (json.dumps(keys[i:i + TEXT_CHUNK]),), columns)
-        for i in range(0, len(keys), TEXT_CHUNK)
-    ]
-    parts = []
-    for got in _fetch_pipelined(tx, queries):
-        if isinstance(got, Exception):
-            raise got
-        parts.append(got[0])
-    out = pl.concat(parts) if parts else pl.DataFrame(schema=schema)
-    if out.height != len(keys):
-        from .bulk import ColumnReadError
-
-        raise ColumnReadError(f"{table}: {out.height} rows for {len(keys)} ids")
-    return out.select([pl.col(c).cast(t) for c, t in schema.items()])
 
 
 def current_watermark(store: "Store") -> int:
@@ -323,7 +554,7 @@ TEXT_COLUMNS = ("prompt", "response_a", "response_b")
 FILE_ORDER = ["created_at", "comparison_id"]  # the rows' order in a version's file, and in its hash
 
 
-def _assemble_for_file(events: pl.DataFrame, prompts: pl.DataFrame, responses: pl.DataFrame) -> tuple[pl.DataFrame, Any, dict]:
+def _assemble_for_file(events: pl.DataFrame, prompts: pl.DataFrame, responses: pl.DataFrame, response_texts: Any = None) -> tuple[pl.DataFrame, Any, dict]:
     """What :func:`_assemble` gives, as Arrow, without copying a text into every row that shows it.
 
     Returns the resolved events in file order (:data:`FILE_ORDER`; the hash needs no texts),
@@ -331,7 +562,10 @@ def _assemble_for_file(events: pl.DataFrame, prompts: pl.DataFrame, responses: p
     ``response_a``, ``response_b``, and the contents and roles of ``prompt_messages``) are
     dictionary arrays over the distinct prompts and responses (row positions from joins on
     ids), as are ``category`` and the models; written to Parquet (without the Arrow schema) it
-    reads as :func:`_assemble`'s table, in the same row order.
+    reads as :func:`_assemble`'s table, in the same row order. So do the id columns, whose
+    values Parquet then hashes once per prompt or response instead of once per row.
+    ``response_texts``: ``responses["text"]`` as an Arrow array (as the SQLite reader made it),
+    used as the dictionary as it is instead of copying the texts out of polars again.
     """
     import numpy as np
     import pyarrow as pa
@@ -342,7 +576,7 @@ def _assemble_for_file(events: pl.DataFrame, prompts: pl.DataFrame, responses: p
         .otherwise(pl.col("messages").str.json_decode(MESSAGES))
         .alias("prompt_messages")
     )
-    ordered = events.sort(FILE_ORDER) if not _in_file_order(events) else events
+    ordered = events if _in_file_order(events) else events[_file_order(events)]
     index = (
         ordered.select("prompt_id", "response_a_id", "response_b_id")
         .join(prompts.select("prompt_id", pl.int_range(pl.len(), dtype=pl.Int32).alias("_p")), on="prompt_id", how="left", maintain_order="left")
@@ -365,11 +599,13 @@ def _assemble_for_file(events: pl.DataFrame, prompts: pl.DataFrame, responses: p
         values without nulls (else it writes the column plain): the same text from two models
         is two responses, and a null category gets a null index."""
         if key not in distinct_of:
-            distinct = values.drop_nulls().unique(maintain_order=True)
-            position = None
-            if len(distinct) < len(values):
+            if values.null_count() == 0 and values.n_unique() == len(values):  # (n_unique is a hash count: cheap)
+                arrow = response_texts if key == "response" and response_texts is not None else None
+                distinct_of[key] = (None, arrow if arrow is not None else texts(values))
+            else:
+                distinct = values.drop_nulls().unique(maintain_order=True)
                 position = values.to_frame("v").join(distinct.to_frame("v").with_row_index("u"), on="v", how="left", maintain_order="left").get_column("u")
-            distinct_of[key] = (position, texts(distinct if position is not None else values))
+                distinct_of[key] = (position, texts(distinct))
         position, dictionary_values = distinct_of[key]
         if position is not None:
             indices = position.gather(indices)
@@ -395,17 +631,20 @@ def _assemble_for_file(events: pl.DataFrame, prompts: pl.DataFrame, responses: p
         ),
     )
     narrow = ordered.select([pl.col(c).cast(t) for c, t in EVENT_SCHEMA.items() if c in COMPARISONS_SCHEMA])
-    response_texts, response_models = responses["text"], responses["model"]
+    response_text, response_models = responses["text"], responses["model"]
     columns = {
+        "prompt_id": dictionary(p_idx, prompts["prompt_id"], "prompt_id"),
+        "response_a_id": dictionary(a_idx, responses["response_id"], "response_id"),
+        "response_b_id": dictionary(b_idx, responses["response_id"], "response_id"),
         "prompt": dictionary(p_idx, prompts["prompt"], "prompt"),
         "prompt_messages": messages,
         "category": dictionary(p_idx, prompts["category"], "category"),
-        "response_a": dictionary(a_idx, response_texts, "response"),
+        "response_a": dictionary(a_idx, response_text, "response"),
         "model_a": dictionary(a_idx, response_models, "model"),
-        "response_b": dictionary(b_idx, response_texts, "response"),
+        "response_b": dictionary(b_idx, response_text, "response"),
         "model_b": dictionary(b_idx, response_models, "model"),
     }
-    table = narrow.to_arrow(compat_level=pl.CompatLevel.oldest())
+    table = narrow.select([c for c in narrow.columns if c not in columns]).to_arrow(compat_level=pl.CompatLevel.oldest())
     table = pa.table([columns[c] if c in columns else table.column(c) for c in COMPARISONS_SCHEMA], names=list(COMPARISONS_SCHEMA))
     labels = dict(narrow.group_by("label").len().iter_rows())
     used_models = pl.concat([index["_a"], index["_b"]]).unique()
@@ -422,6 +661,15 @@ def _assemble_for_file(events: pl.DataFrame, prompts: pl.DataFrame, responses: p
         "categories": prompts["category"].drop_nulls().n_unique(),
     }
     return narrow, table, stats
+
+
+def _file_order(frame: pl.DataFrame) -> pl.Series:
+    """The row positions that put ``frame`` in :data:`FILE_ORDER`: a stable sort by
+    ``created_at`` of the rows sorted by ``comparison_id`` (two one-column sorts cost a third of
+    one sort on both columns)."""
+    by_id = frame.select(pl.col("comparison_id").arg_sort()).to_series()
+    then = frame.get_column("created_at").gather(by_id).to_frame().select(pl.arg_sort_by("created_at", maintain_order=True)).to_series()
+    return by_id.gather(then)
 
 
 def _in_file_order(frame: pl.DataFrame) -> bool:
@@ -502,26 +750,34 @@ STATISTICS_COLUMNS = ["category", "model_a", "model_b", "label", "strength", "an
 PLAIN_COLUMNS = {"comparison_id", "strength", "duration_ms", "created_at"}  # no dictionary: (almost) every value differs
 
 
+ZSTD_COLUMNS = {"prompt", "prompt_messages", "response_a", "response_b"}  # the texts: zstd (level 1), the rest LZ4
+
+
 def write_version_file(frame: Any, path: str | os.PathLike) -> None:
-    """Write a comparisons table as Parquet: dictionary-encoded texts, LZ4 pages.
+    """Write a comparisons table as Parquet: dictionary-encoded texts, zstd and LZ4 pages.
 
     A version repeats each prompt and response text in every comparison that shows it, so
     dictionary encoding (with a dictionary page large enough for the distinct texts) stores each
-    text once per row group; LZ4 then costs little to write and read. Columns whose values are
-    (nearly) all distinct are written plain, and min/max statistics are kept only for the short
-    columns (for the texts they cost more than the rest of the write and serve no query). On
-    the 1M-comparison benchmark (``benchmarks/store.py``) the file is 165 MiB instead of 272
-    MiB (zstd on plain pages) and reads back in about a quarter of the time. ``frame`` is a
-    polars frame or an Arrow table (whose text columns may already be dictionary arrays, see
-    :func:`_assemble_for_file`); the Arrow schema is not stored, so every reader sees plain
-    string columns.
+    text once per row group. The texts' pages are compressed with zstd at level 1, the other
+    columns' with LZ4, both cheap to write and read. Columns whose values are (nearly) all
+    distinct are written plain, and min/max statistics are kept only for the short columns (for
+    the texts they cost more than the rest of the write and serve no query). On the
+    1M-comparison benchmark (``benchmarks/store.py``) the file is 114 MiB (165 MiB with LZ4
+    everywhere, 272 MiB with zstd on plain pages); zstd on the texts costs about 0.1 s more
+    compression than LZ4 and saves 50 MiB of writing, which on the benchmark's machine made the
+    write faster and steadier. ``frame`` is a polars frame or an Arrow table (whose text
+    columns may already be dictionary arrays, see :func:`_assemble_for_file`); the Arrow schema
+    is not stored, so every reader sees plain string columns.
     """
     import pyarrow.parquet as pq
 
     table = frame.to_arrow() if isinstance(frame, pl.DataFrame) else frame
     leaves = _parquet_leaves(table.schema)
+    texts = [p for p in leaves if p.split(".")[0] in ZSTD_COLUMNS]
     pq.write_table(
-        table, path, compression="lz4", dictionary_pagesize_limit=1 << 30, store_schema=False,
+        table, path, dictionary_pagesize_limit=1 << 30, store_schema=False,
+        compression={p: "zstd" if p in texts else "lz4" for p in leaves},
+        compression_level={p: 1 for p in texts} or None,
         use_dictionary=[p for p in leaves if p.split(".")[0] not in PLAIN_COLUMNS],
         write_statistics=[p for p in leaves if p.split(".")[0] in STATISTICS_COLUMNS],
     )
@@ -563,7 +819,7 @@ def take_snapshot(
     exclude_annotators: Sequence[str] = (),
     sources: Sequence[str] | None = None,
 ) -> Version:
-    from .store import StoreError, file_sha256, utcnow
+    from .store import StoreError, utcnow
 
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ValueError("a version name is 1-128 letters, digits, '_', '.', '-', starting with a letter or digit")
@@ -571,30 +827,32 @@ def take_snapshot(
         if conn.execute(sa.select(schema.versions.c.name).where(schema.versions.c.name == name)).first():
             raise StoreError(f"version name {name!r} is taken; names are never reused")
         parent_row = conn.execute(sa.select(schema.versions.c.name).order_by(schema.versions.c.created_at.desc()).limit(1)).first()
-    events, prompts, responses, watermark = _resolve_parts(store, None, exclude_annotators, sources)
+    parts = _read_resolved(store, None, exclude_annotators, sources)
+    events, prompts, responses, watermark = parts.events, parts.prompts, parts.responses, parts.watermark
     if events.height:
-        frame, table, stats = _assemble_for_file(events, prompts, responses)
+        frame, table, stats = _assemble_for_file(events, prompts, responses, parts.response_texts)
     else:
         frame = table = pl.DataFrame(schema=COMPARISONS_SCHEMA)
         stats = frame_stats(frame)
-    del events, prompts, responses
+    del events, prompts, responses, parts
     vdir = store.files_dir / "versions"
     vdir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=vdir, suffix=".parquet.tmp")
     os.close(fd)
     try:
         # The file is written in a thread (Arrow's writer holds no GIL) while the content hash
-        # is computed here: on two cores, the hash costs no time.
+        # is computed here, and then the file's SHA-256 as the file grows: on two cores, both
+        # cost no time.
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wb-parquet") as pool:
             written = pool.submit(write_version_file, table, tmp)
             try:
                 digest = content_hash(frame)
+                sha = _sha256_as_written(tmp, written)
             finally:
                 written.result()
         del table
-        sha = file_sha256(tmp)
         final = vdir / f"{digest[:32]}-{sha[:12]}.parquet"
         os.replace(tmp, final)
     finally:
@@ -612,6 +870,34 @@ def take_snapshot(
     except sa.exc.IntegrityError as exc:
         raise StoreError(f"version name {name!r} is taken; names are never reused") from exc
     return _version_from_row(store, row)
+
+
+def _sha256_as_written(path: str, written: Any) -> str:
+    """The SHA-256 of the file that a thread is writing (``written``: its future), read as it
+    grows and finished once the writer has. Arrow's Parquet writer only appends (its sink is an
+    output stream, which cannot seek), so the bytes read are the file's; the byte count is
+    checked against the finished file all the same, and the file read again if they differ."""
+    import time
+
+    from .store import file_sha256
+
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as f:
+        while True:
+            finished = written.done()  # before the read: an empty read after it means the end
+            chunk = f.read(1 << 22)
+            if chunk:
+                h.update(chunk)
+                n += len(chunk)
+            elif finished:
+                break
+            else:
+                time.sleep(0.002)
+    written.result()  # the writer's error, if any
+    if n != os.path.getsize(path):
+        return file_sha256(path)
+    return h.hexdigest()
 
 
 def _version_from_row(store: "Store", row: Any) -> Version:
