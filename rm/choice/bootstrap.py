@@ -49,7 +49,7 @@ def poisson_plan(counts: np.ndarray):
     Computed once for draws of many batches of rounds from the same counts."""
     lam = np.asarray(counts)
     table_ok = (lam > 0) & (lam == np.round(lam)) & (lam <= TABLE_MAX_MEAN)
-    lam_int = np.where(table_ok, lam, 0).astype(np.intp)
+    lam_int = np.where(table_ok, lam, 0).astype(np.uint8)  # at most 32: a radix sort below
     order = np.argsort(lam_int, kind="stable")
     edges = np.searchsorted(lam_int[order], np.arange(TABLE_MAX_MEAN + 2))
     big = np.flatnonzero((lam > 0) & ~table_ok)
