@@ -323,10 +323,28 @@ class BradleyTerry:
         """Keep what the standard errors need; :meth:`_materialize` computes them on first use."""
         for name in self._DEFERRED:
             self.__dict__.pop(name, None)
+        self.__dict__.pop("_early_factor", None)
+        self._boot_table = None  # bootstrap columns waiting for the scores_ table
         self._covariance = None
         self.position_effect_ = float(result.phi[obj.layout.slices()[1]][0]) if self.position_effect else None
         self._annotator_labels = pairs.annotators.to_list() if obj.layout.M else None
         self._pending = (obj, result, pairs)
+
+    def _hessian_factor(self):
+        """Cholesky factor of the Hessian at the optimum (dense solver; None for the sparse solver
+        or a singular Hessian), made once per fit: by the standard errors, or first by
+        :meth:`bootstrap`, which needs only the factor (the standard errors then reuse it)."""
+        if "_factor" in self.__dict__ or self._method != "dense":
+            return self._factor if self._method == "dense" else None
+        if "_early_factor" not in self.__dict__:
+            obj, result, _ = self._pending
+            pieces = getattr(result, "pieces", None) or obj.derivatives(result.phi, "none")
+            try:
+                factor = solvers.cholesky(obj.assemble_dense(pieces, obj.free_mask()))
+            except (np.linalg.LinAlgError, sla.LinAlgError):
+                factor = None
+            self.__dict__["_early_factor"] = factor
+        return self.__dict__["_early_factor"]
 
     def _materialize(self):
         obj, result, pairs = self._pending
@@ -347,8 +365,10 @@ class BradleyTerry:
         if self._method == "dense":
             try:
                 # the Hessian at the optimum (the solver's last pass computed its pieces)
-                pieces = getattr(result, "pieces", None) or obj.derivatives(phi, "none")
-                factor = solvers.cholesky(obj.assemble_dense(pieces, free))
+                factor = self.__dict__.pop("_early_factor", None)  # made by a bootstrap
+                if factor is None:
+                    pieces = getattr(result, "pieces", None) or obj.derivatives(phi, "none")
+                    factor = solvers.cholesky(obj.assemble_dense(pieces, free))
                 # diag(H^-1) from the triangular inverse (half the work of the full inverse)
                 var_all = solvers.inverse_diagonal(factor)
                 if not np.all(np.isfinite(var_all)):
@@ -411,6 +431,9 @@ class BradleyTerry:
         self.scores_ = table.select(["rank", "item", "score", "std_error", "ci_low", "ci_high", "elo",
                                      "elo_std_error", "comparisons", "wins", "losses", "ties",
                                      "both_bad"])
+        if getattr(self, "_boot_table", None) is not None:  # a bootstrap ran before this table
+            self.scores_ = self._with_bootstrap(self.scores_, self._boot_table)
+            self._boot_table = None
         se_all = np.sqrt(np.maximum(var_all, 0.0))
         # extra parameters
         names, values, errs = [], [], []
@@ -649,8 +672,8 @@ class BradleyTerry:
         rng = np.random.default_rng(seed)
         obj, pairs = self._obj, self._pairs
         free = obj.free_mask()
-        if self._method == "dense" and self._factor is not None:
-            factor = self._factor
+        factor = self._hessian_factor()
+        if factor is not None:
 
             def solve(G):
                 out = solvers.cho_solve(factor, np.where(free[:, None], G, 0.0))
@@ -725,14 +748,22 @@ class BradleyTerry:
         alpha = (1 - self.confidence) / 2
         lo_q, hi_q = np.quantile(good, [alpha, 1 - alpha], axis=0)
         boot = pl.DataFrame({
-            "item": pl.Series(self.items_).cast(self.scores_["item"].dtype),
+            "item": pairs.items.alias("item"),
             "bootstrap_std_error": good.std(axis=0, ddof=1),
             "bootstrap_ci_low": lo_q,
             "bootstrap_ci_high": hi_q,
         })
-        base = self.scores_.drop([c for c in boot.columns if c != "item" and c in self.scores_.columns])
-        self.scores_ = base.join(boot, on="item", how="left", maintain_order="left")
+        if "scores_" in self.__dict__:
+            self.scores_ = self._with_bootstrap(self.scores_, boot)
+        else:  # joined when the table is made (the standard errors are not computed yet)
+            self._boot_table = boot
         return self
+
+    @staticmethod
+    def _with_bootstrap(table: pl.DataFrame, boot: pl.DataFrame) -> pl.DataFrame:
+        base = table.drop([c for c in boot.columns if c != "item" and c in table.columns])
+        return base.join(boot.with_columns(pl.col("item").cast(table["item"].dtype)), on="item",
+                         how="left", maintain_order="left")
 
     @staticmethod
     def _compact_rounds(obj, counts):

@@ -899,6 +899,9 @@ def one_step_batch(obj: Objective, phi_hat, counts, solve):
     return phi, ok
 
 
+BLOCK_CELLS = 200_000  # rows x rounds of a block of PlainRounds.gradient
+
+
 class PlainRounds:
     """Bootstrap rounds of plain logit Bradley-Terry as compact integer counts, and their
     gradients computed block by block.
@@ -912,7 +915,7 @@ class PlainRounds:
     through one sparse incidence product per block (CSC, +1 at the first item, -1 at the second).
     """
 
-    def __init__(self, obj: Objective, wins, totals, scale: float = 1.0, block: int = 1024,
+    def __init__(self, obj: Objective, wins, totals, scale: float = 1.0, block: int | None = None,
                  single: bool = True):
         if not obj._plain:
             raise ValueError("PlainRounds needs a plain logit Bradley-Terry objective")
@@ -920,6 +923,11 @@ class PlainRounds:
         self.single = bool(single)
         self.wins, self.totals, self.scale = wins, totals, float(scale)
         self.B = wins.shape[1]
+        if block is None:
+            # ~200k cells a block: (block, B) work arrays near the L2 cache's size, and few
+            # enough numpy calls a pass that two bootstrap threads rarely wait for the GIL
+            # (blocks of 4,096 rows x 50 rounds: 16% faster on two threads than 1,024)
+            block = int(np.clip(BLOCK_CELLS // max(self.B, 1), 256, 16_384))
         self.block = int(block)
         R = obj.R
         index = np.int32 if 2 * R < 2**31 - 1 else np.int64

@@ -377,3 +377,24 @@ def test_poisson_plan_gives_the_same_draws():
     planned = poisson_counts(counts, 9, np.random.default_rng(5), np.uint32, poisson_plan(counts))
     np.testing.assert_array_equal(plain, planned)
     assert np.all(planned[[0, 6]] == 0)
+
+
+def test_bootstrap_before_the_standard_errors_shares_their_factor(monkeypatch):
+    frame, _ = simulate(14, 2500, seed=27)
+    first = BradleyTerry().fit(frame)
+    first.scores_  # standard errors first, then the bootstrap joins its columns
+    first.bootstrap(20, seed=3)
+    calls = []
+    real = solvers.cholesky
+    later = BradleyTerry().fit(frame)
+    monkeypatch.setattr(solvers, "cholesky", lambda H: calls.append(1) or real(H))
+    later.bootstrap(20, seed=3)  # the bootstrap factors the Hessian at the optimum
+    assert "scores_" not in later.__dict__ and len(calls) == 1
+    table = later.scores_  # the standard errors reuse that factor and join the bootstrap columns
+    assert len(calls) == 1
+    assert table.columns == first.scores_.columns
+    for col in ("score", "std_error", "bootstrap_std_error", "bootstrap_ci_low"):
+        np.testing.assert_allclose(table[col].to_numpy(), first.scores_[col].to_numpy(), rtol=1e-12)
+    # a refit forgets bootstrap columns that were never joined
+    again = BradleyTerry().fit(frame).bootstrap(5, seed=1).fit(frame)
+    assert "bootstrap_std_error" not in again.scores_.columns
