@@ -101,12 +101,14 @@ class Measure:
         return False
 
 
-def best_of(repeat: int, cap_s: float, fn):
-    """Run ``fn`` up to ``repeat`` times (only again while a run takes < 5 s); keep the fastest
-    time and the largest peak memory."""
+def best_of(repeat: int, cap_s: float, fn, setup=None):
+    """Run ``fn`` up to ``repeat`` times (only again while a run takes < 5 s), each after an
+    untimed ``setup()`` when given; keep the fastest time and the largest peak memory."""
     best = None
     runs = 0
     for _ in range(repeat):
+        if setup is not None:
+            setup()
         with Measure(cap_s) as m:
             fn()
         runs += 1
@@ -337,16 +339,10 @@ def main(argv=None):
               f"(one fit from names: {fit_seconds:.3f} s, best of both timings; each bootstrap "
               f"follows a fresh fit, so its time includes the Hessian's factorization) ==")
         for method in ("exact", "one-step"):
-            m = None
-            for _ in range(args.repeat):
-                model.fit(frame1)  # untimed: the standard errors are not computed yet
-                one = best_of(1, args.cap * 5,
-                              lambda: model.bootstrap(args.rounds, seed=0, method=method))
-                if m is None or one.seconds < m.seconds:
-                    one.peak_mb = max(one.peak_mb, m.peak_mb if m else 0.0)
-                    m = one
-                if one.seconds > 5.0:
-                    break
+            # each after an untimed fresh fit: the standard errors are not computed yet
+            m = best_of(args.repeat, args.cap * 5,
+                        lambda: model.bootstrap(args.rounds, seed=0, method=method),
+                        setup=lambda: model.fit(frame1))
             se = model.scores_["std_error"].to_numpy()
             bse = model.scores_["bootstrap_std_error"].to_numpy()
             print(f"rm.choice bootstrap ({method:8s}): {m.seconds:.3f} s = "

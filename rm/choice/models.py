@@ -72,6 +72,7 @@ class _Deferred:
 
     def __set_name__(self, owner, name):
         self.name = name
+        owner._DEFERRED = (*getattr(owner, "_DEFERRED", ()), name)  # what a refit forgets
 
     def __get__(self, obj, objtype=None):
         if obj is None:
@@ -316,14 +317,10 @@ class BradleyTerry:
             return lambda s: s - np.mean(s, axis=0)
         return lambda s: s
 
-    _DEFERRED = ("scores_", "coef_", "annotators_", "tie_params_", "std_error_method_",
-                 "_factor", "_free")
-
     def _finish(self, obj, result, pairs):
         """Keep what the standard errors need; :meth:`_materialize` computes them on first use."""
-        for name in self._DEFERRED:
+        for name in (*self._DEFERRED, "_hessian"):
             self.__dict__.pop(name, None)
-        self.__dict__.pop("_early_factor", None)
         self._boot_table = None  # bootstrap columns waiting for the scores_ table
         self._covariance = None
         self.position_effect_ = float(result.phi[obj.layout.slices()[1]][0]) if self.position_effect else None
@@ -332,19 +329,21 @@ class BradleyTerry:
 
     def _hessian_factor(self):
         """Cholesky factor of the Hessian at the optimum (dense solver; None for the sparse solver
-        or a singular Hessian), made once per fit: by the standard errors, or first by
-        :meth:`bootstrap`, which needs only the factor (the standard errors then reuse it)."""
-        if "_factor" in self.__dict__ or self._method != "dense":
-            return self._factor if self._method == "dense" else None
-        if "_early_factor" not in self.__dict__:
+        or a singular Hessian), made once per fit by whichever asks first: the standard errors,
+        or :meth:`bootstrap`, which needs only the factor."""
+        if self._method != "dense":
+            return None
+        if "_hessian" not in self.__dict__:
             obj, result, _ = self._pending
+            # the solver's last pass computed the pieces at the optimum (unless it ended on a
+            # value-only step)
             pieces = getattr(result, "pieces", None) or obj.derivatives(result.phi, "none")
             try:
                 factor = solvers.cholesky(obj.assemble_dense(pieces, obj.free_mask()))
             except (np.linalg.LinAlgError, sla.LinAlgError):
                 factor = None
-            self.__dict__["_early_factor"] = factor
-        return self.__dict__["_early_factor"]
+            self.__dict__["_hessian"] = factor
+        return self.__dict__["_hessian"]
 
     def _materialize(self):
         obj, result, pairs = self._pending
@@ -364,11 +363,9 @@ class BradleyTerry:
         var_all = None
         if self._method == "dense":
             try:
-                # the Hessian at the optimum (the solver's last pass computed its pieces)
-                factor = self.__dict__.pop("_early_factor", None)  # made by a bootstrap
+                factor = self._hessian_factor()
                 if factor is None:
-                    pieces = getattr(result, "pieces", None) or obj.derivatives(phi, "none")
-                    factor = solvers.cholesky(obj.assemble_dense(pieces, free))
+                    raise np.linalg.LinAlgError("the Hessian is not positive definite")
                 # diag(H^-1) from the triangular inverse (half the work of the full inverse)
                 var_all = solvers.inverse_diagonal(factor)
                 if not np.all(np.isfinite(var_all)):

@@ -231,7 +231,7 @@ class PlackettLuce:
             while t > 1e-12:
                 cand = s + t * step
                 v_new, ll_new, e_new, D_new = self._value(cand, R)
-                if v_new <= value + 1e-4 * t * slope + 1e-12 * abs(value):
+                if solvers._sufficient_decrease(v_new, value, t, slope):
                     break
                 t *= 0.5
             else:

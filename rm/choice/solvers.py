@@ -109,6 +109,18 @@ class Layout:
         return slice(0, K), slice(K, K + q), slice(K + q, K + q + M), slice(K + q + M, K + q + M + m)
 
 
+def _first_item_sums(x, first, run_starts, run_items, K: int) -> np.ndarray:
+    """Per-item sums of ``x`` over rows by their first item: segment sums over the runs of rows
+    with the same first item (``run_starts``, ``run_items``; rows sorted by first item), ~4x
+    faster than ``np.bincount``, which stalls on runs of the same index; ``np.bincount`` when the
+    rows are not sorted (``run_starts`` None)."""
+    if run_starts is None:
+        return np.bincount(first, x, K)
+    out = np.zeros(K)
+    out[run_items] = np.add.reduceat(x, run_starts)
+    return out
+
+
 class Objective:
     """Negative log-posterior of the aggregated rows, its gradient and Hessian."""
 
@@ -189,13 +201,8 @@ class Objective:
 
     def sum_first(self, x) -> np.ndarray:
         """``sum_{r: first_r = i} x_r`` for every item ``i``."""
-        K = self.layout.K
-        if self._first_runs is None:
-            return np.bincount(self.first, x, K)
-        starts, items = self._first_runs
-        out = np.zeros(K)
-        out[items] = np.add.reduceat(x, starts)
-        return out
+        runs = self._first_runs or (None, None)
+        return _first_item_sums(x, self.first, *runs, self.layout.K)
 
     def sum_second(self, x) -> np.ndarray:
         """``sum_{r: second_r = i} x_r`` for every item ``i``."""
@@ -274,14 +281,7 @@ class Objective:
                  + float(self._penalty(phi)))
         if order == 0:
             return {"value": value}
-        first_np, first_w = np.zeros(K), np.zeros(K)
-        second_np, second_w = parts[0][3], parts[0][4]
-        for _, sum_np, sum_w, sec_np, sec_w in parts:
-            first_np += sum_np
-            first_w += sum_w
-            if sec_np is not second_np:
-                second_np += sec_np
-                second_w += sec_w
+        _, first_np, first_w, second_np, second_w = (sum(column) for column in zip(*parts))
         g = np.zeros(self.layout.size)
         g[:K] = (first_np - second_np) - self._net_wins + self.l2 * s
         diag_s = first_w + second_w + self.l2
@@ -307,16 +307,9 @@ class Objective:
         w = np.multiply(q, p, out=q)
         w *= n_p  # n p (1 - p)
         cw[r0:r1] = w
-
-        def first_sums(x):
-            if run_starts is None:
-                return np.bincount(first, x, K)
-            out = np.zeros(K)
-            out[run_items] = np.add.reduceat(x, run_starts)
-            return out
-
-        return (value, first_sums(n_p), first_sums(w), np.bincount(second, n_p, K),
-                np.bincount(second, w, K))
+        return (value, _first_item_sums(n_p, first, run_starts, run_items, K),
+                _first_item_sums(w, first, run_starts, run_items, K),
+                np.bincount(second, n_p, K), np.bincount(second, w, K))
 
     def value(self, phi, counts=None):
         if counts is None and self._plain:
@@ -536,17 +529,11 @@ def _take_step(obj, phi, step, value, slope, pieces, lower, value_only: bool = F
     on the Armijo condition, else a backtracking line search. Returns the new point, its value,
     its derivative pieces and the step length ``t`` (0 when no decrease was found).
     ``value_only``: evaluate only the value at the full step (pieces None when it is taken)."""
-    t = 1.0
-    if lower is not None:
-        idx, lo = lower
-        nxt = phi[idx] + step[idx]
-        bad = nxt <= lo
-        if bad.any():
-            t = min(1.0, float(np.min(0.9 * (phi[idx][bad] - lo[bad]) / -step[idx][bad])))
+    t = _first_step_length(phi, step, lower)
     cand = phi + t * step
     cand_pieces = None if value_only else obj.derivatives(cand, "none")
     v = float(obj.value(cand)) if value_only else cand_pieces["value"]
-    if np.isfinite(v) and v <= value + 1e-4 * t * slope + 1e-12 * abs(value):
+    if _sufficient_decrease(v, value, t, slope):
         return cand, v, cand_pieces, t
     phi_new, value_new, t = _line_search(obj, phi, step, value, slope, lower)
     return phi_new, value_new, obj.derivatives(phi_new, "none") if t > 0 else pieces, t
@@ -554,21 +541,32 @@ def _take_step(obj, phi, step, value, slope, pieces, lower, value_only: bool = F
 
 def _line_search(obj: Objective, phi, step, value, slope, lower):
     """Backtracking (Armijo) that also keeps bounded parameters inside their bounds."""
-    t = 1.0
-    if lower is not None:
-        idx, lo = lower
-        nxt = phi[idx] + step[idx]
-        bad = nxt <= lo
-        if bad.any():
-            ratio = np.min(0.9 * (phi[idx][bad] - lo[bad]) / -step[idx][bad])
-            t = min(t, float(ratio))
+    t = _first_step_length(phi, step, lower)
     for _ in range(60):
         cand = phi + t * step
         v = obj.value(cand)
-        if np.isfinite(v) and v <= value + 1e-4 * t * slope + 1e-12 * abs(value):
+        if _sufficient_decrease(v, value, t, slope):
             return cand, v, t
         t *= 0.5
     return phi, value, 0.0
+
+
+def _first_step_length(phi, step, lower) -> float:
+    """1, or less so that the bounded parameters (``lower``: their indices and lower bounds) stay
+    inside their bounds: at most 90% of the way to a bound."""
+    if lower is None:
+        return 1.0
+    idx, lo = lower
+    bad = phi[idx] + step[idx] <= lo
+    if not bad.any():
+        return 1.0
+    return min(1.0, float(np.min(0.9 * (phi[idx][bad] - lo[bad]) / -step[idx][bad])))
+
+
+def _sufficient_decrease(v, value, t, slope) -> bool:
+    """The Armijo condition for the value ``v`` after a step of length ``t`` along a direction
+    of slope ``slope`` from ``value`` (with a relative slack for rounding)."""
+    return bool(np.isfinite(v) and v <= value + 1e-4 * t * slope + 1e-12 * abs(value))
 
 
 def _bounds(obj: Objective):
