@@ -250,13 +250,22 @@ class BradleyTerry:
             if not len(matches):
                 raise ValueError(f"anchor item {self.anchor!r} is not among the fitted items")
             anchor_idx = int(matches[0])
-        if self.l2 == 0:
-            check_identifiable(pairs, ties_inform=self.ties != "drop")
         reference = None if self.l2 > 0 else (anchor_idx if anchor_idx is not None else 0)
-        obj = solvers.Objective(
-            pairs.first, pairs.second, counts, outcome, K=pairs.n_items, Z=pairs.design(),
-            annotator=pairs.annotator, M=pairs.n_annotators, l2=self.l2,
-            annotator_l2=self.annotator_l2, reference=reference)
+
+        def objective():
+            return solvers.Objective(
+                pairs.first, pairs.second, counts, outcome, K=pairs.n_items, Z=pairs.design(),
+                annotator=pairs.annotator, M=pairs.n_annotators, l2=self.l2,
+                annotator_l2=self.annotator_l2, reference=reference)
+
+        if self.l2 == 0:
+            # the existence check and the objective's set-up (a few ms each at a million
+            # comparisons) on two threads while another CPU is idle; a failed check raises here
+            obj = solvers.parallel_map(
+                lambda task: task(), [objective, lambda: check_identifiable(
+                    pairs, ties_inform=self.ties != "drop")], short=True)[0]
+        else:
+            obj = objective()
         method = self.solver
         if method == "auto":
             method = "dense" if pairs.n_items <= self.dense_limit else "sparse"
@@ -698,6 +707,10 @@ class BradleyTerry:
         for name in ("ties", "both_bad"):
             if getattr(pairs, name).any():
                 sources[name] = getattr(pairs, name)
+        # compact rounds are drawn with their rows in PlainRounds' order (stripes)
+        order = solvers.PlainRounds.row_order(R) if compact else None
+        if order is not None:
+            sources = {name: c[order] for name, c in sources.items()}
         plans = {name: poisson_plan(c) for name, c in sources.items()}  # once for all batches
 
         def rounds(rng_part, B):
@@ -708,7 +721,7 @@ class BradleyTerry:
             t, bb = draws.get("ties", 0.0), draws.get("both_bad", 0.0)
             counts = self._counts(pairs, w, lo, t, bb)
             if compact:
-                counts = self._compact_rounds(obj, counts)
+                counts = self._compact_rounds(obj, counts, order)
             if method == "exact":
                 phi, ok = solvers.chord_batch(obj, self.params_, counts, solve, tol=tol,
                                               ftol=self.tol, fscale=self.objective_)
@@ -763,9 +776,10 @@ class BradleyTerry:
                          how="left", maintain_order="left")
 
     @staticmethod
-    def _compact_rounds(obj, counts):
+    def _compact_rounds(obj, counts, order=None):
         """Rounds' (wins, losses, ties) draws as :class:`solvers.PlainRounds`: counts doubled when
-        ties count half, so they stay integers."""
+        ties count half, so they stay integers; ``order``: the rows' order in the draws (see
+        :meth:`solvers.PlainRounds.row_order`)."""
         w, lo, t = counts
         wide = np.uint16 if w.dtype == np.uint8 else np.uint32
         if obj.outcome.tie_weight and not (np.ndim(t) == 0 and t == 0):
@@ -778,7 +792,7 @@ class BradleyTerry:
         else:
             scale = 1
             wins, totals = w, np.add(w, lo, dtype=wide)
-        return solvers.PlainRounds(obj, wins, totals, scale=scale)
+        return solvers.PlainRounds(obj, wins, totals, scale=scale, order=order)
 
     # --------------------------------------------------------------- persistence
     def save(self, path) -> Path:

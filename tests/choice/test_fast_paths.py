@@ -150,12 +150,74 @@ def test_plain_logit_falls_back_when_scores_span_too_much():
 def test_single_precision_newton_equals_double(monkeypatch):
     frame, _ = simulate(60, 8000, seed=6)
     fast, _ = _objectives(frame, "half")
+    calls = {"pcg": 0, "factor": 0}
+    pcg, damped = solvers._dense_pcg, solvers._solve_damped
+
+    def count(name, fn):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(solvers, "_dense_pcg", count("pcg", pcg))
+    monkeypatch.setattr(solvers, "_solve_damped", count("factor", damped))
+    monkeypatch.setattr(solvers, "SINGLE_PRECISION_STEPS", 1)  # 60 items: force the fast steps
     single = solvers.newton_dense(fast)
+    assert calls["pcg"] == single.iterations and calls["factor"] == 0  # every step by PCG
     monkeypatch.setattr(solvers, "SINGLE_PRECISION_STEPS", 10**9)
     double = solvers.newton_dense(fast)
+    assert calls["factor"] == double.iterations  # every step by a float64 factorization
     assert single.converged and double.converged
     assert single.value == pytest.approx(double.value, rel=1e-13)
     np.testing.assert_allclose(single.phi, double.phi, atol=1e-7)
+
+
+def test_dense_pcg_step_equals_the_direct_solve_or_declines():
+    rng = np.random.default_rng(17)
+    # a well-mixed comparison graph's Hessian: a weighted Laplacian, one item pinned
+    K = 300
+    W = rng.uniform(0.1, 0.25, (K, K)) * rng.poisson(3.0, (K, K))
+    W = np.triu(W, 1) + np.triu(W, 1).T
+    H = np.diag(W.sum(axis=1)) - W
+    H[0, :] = H[:, 0] = 0.0
+    H[0, 0] = 1.0
+    rhs = rng.normal(size=K)
+    rhs[0] = 0.0
+    step = solvers._dense_pcg(np.tril(H), rhs)
+    assert step is not None
+    np.testing.assert_allclose(step, np.linalg.solve(H, rhs), rtol=1e-5, atol=1e-7)
+    assert solvers._dense_pcg(np.tril(H), np.zeros(K)) is not None  # a zero gradient: no step
+    # a chain of comparisons is ill conditioned: more products than a factorization is worth
+    chain = np.zeros((K, K))
+    idx = np.arange(K - 1)
+    chain[idx, idx + 1] = chain[idx + 1, idx] = -1.0
+    chain[np.arange(K), np.arange(K)] = -chain.sum(axis=1) + 1e-3
+    assert solvers._dense_pcg(np.tril(chain), rhs) is None
+    # not positive definite (a negative curvature, a zero or negative diagonal): declined
+    indefinite = H.copy()
+    indefinite[5, 5] = -1.0
+    assert solvers._dense_pcg(np.tril(indefinite), rhs) is None
+    assert solvers._dense_pcg(np.tril(H - 2.0 * np.eye(K) * H.diagonal().max()), rhs) is None
+    assert solvers._dense_pcg(np.tril(H), np.full(K, np.nan)) is None
+
+
+def test_newton_on_a_chain_falls_back_to_the_factorization(monkeypatch):
+    # 500 items compared only with their neighbours: PCG declines, the factorization solves
+    rng = np.random.default_rng(18)
+    K, n = 500, 40_000
+    a = rng.integers(0, K - 1, n)
+    s = np.linspace(-2, 2, K)
+    win = rng.random(n) < 1 / (1 + np.exp(-(s[a] - s[a + 1])))
+    frame = pl.DataFrame({"model_a": a, "model_b": a + 1, "label": np.where(win, "a", "b")})
+    declined = []
+    pcg = solvers._dense_pcg
+    monkeypatch.setattr(solvers, "_dense_pcg",
+                        lambda H, rhs: declined.append(pcg(H, rhs) is None) or pcg(H, rhs))
+    model = BradleyTerry(ties="drop").fit(frame)
+    assert declined and all(declined)
+    reference = BradleyTerry(ties="drop", solver="sparse").fit(frame)
+    np.testing.assert_allclose(model.scores_["score"].to_numpy(),
+                               reference.scores_["score"].to_numpy(), atol=1e-6)
 
 
 def test_refined_single_precision_solve_is_accurate():
@@ -210,16 +272,27 @@ def test_sparse_hessian_equals_dense_hessian():
         np.testing.assert_allclose(H.matvec(v[:, 0]), dense @ v[:, 0], rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("ties,l2", [("half", 0.0), ("drop", 0.0), ("half", 1.0)])
-def test_compact_bootstrap_rounds_equal_full_refits(ties, l2):
+@pytest.mark.parametrize("ties,l2,striped", [("half", 0.0, True), ("drop", 0.0, True),
+                                             ("half", 1.0, True), ("half", 0.0, False)])
+def test_compact_bootstrap_rounds_equal_full_refits(ties, l2, striped):
     frame, _ = simulate(25, 4000, seed=12, ties="davidson", tie_param=0.3)
     model = BradleyTerry(ties=ties, l2=l2).fit(frame)
     obj, pairs = model._obj, model._pairs
     rng = np.random.default_rng(2)
     B = 6
-    draws = [poisson_counts(c, B, rng, np.uint8) for c in (pairs.wins, pairs.losses, pairs.ties)]
-    rounds = model._compact_rounds(obj, model._counts(pairs, *draws, 0.0))
+    # striped: drawn with the rows in PlainRounds' order, as the estimator does
+    order = solvers.PlainRounds.row_order(pairs.n_rows) if striped else np.arange(pairs.n_rows)
+    assert np.array_equal(np.sort(order), np.arange(pairs.n_rows))
+    striped_draws = [poisson_counts(c[order], B, rng, np.uint8)
+                     for c in (pairs.wins, pairs.losses, pairs.ties)]
+    rounds = model._compact_rounds(obj, model._counts(pairs, *striped_draws, 0.0),
+                                   order if striped else None)
     assert isinstance(rounds, solvers.PlainRounds)
+    draws = []  # the same draws with the rows in the data's order, for the refits
+    for d in striped_draws:
+        back = np.empty_like(d)
+        back[order] = d
+        draws.append(back)
     free = obj.free_mask()
 
     def solve(G):
@@ -238,6 +311,7 @@ def test_compact_bootstrap_rounds_equal_full_refits(ties, l2):
     # to a tighter tolerance: the batched chord iteration converges to the refits' optimum
     for single, tol in ((True, 1e-6), (False, 1e-9)):
         rounds.single = single
+        rounds._base = None  # a fresh start (the base point is kept per precision)
         phi, ok = solvers.chord_batch(obj, model.params_, rounds, solve, tol=tol,
                                       ftol=model.tol, fscale=model.objective_)
         assert ok.all()
@@ -267,6 +341,106 @@ def test_poisson_counts_compact_dtype_and_large_means():
     np.testing.assert_allclose(draws.var(axis=1), counts, rtol=0.1, atol=0.03)
     small = poisson_counts(counts[:5], 3000, rng, np.uint8)
     assert small.dtype == np.uint8 and small.max() < 256
+
+
+def test_poisson_byte_tables_agree_with_the_16_bit_tables():
+    from rm.choice.bootstrap import _FLAG, _byte_tables, _tables
+
+    table, _ = _tables()
+    for lam, first in enumerate(_byte_tables()):
+        first = np.frombuffer(first, dtype=np.uint8)
+        blocks = table[lam].reshape(256, 256)
+        settled = first != _FLAG
+        # a settled byte bucket is one draw for all 256 of its 16-bit values
+        assert np.all(blocks[settled] == first[settled][:, None])
+        # an unsettled one is not (or holds a 16-bit bucket that straddles a CDF step)
+        assert np.all((blocks[~settled].min(axis=1) != blocks[~settled].max(axis=1))
+                      | np.any(blocks[~settled] == _FLAG, axis=1))
+        if 1 <= lam <= 4:  # small means: a few buckets in a hundred need the second byte
+            assert 0 < np.count_nonzero(~settled) < 20
+
+
+@pytest.mark.parametrize("lam", [1, 2, 7, 32])
+def test_poisson_counts_follow_the_exact_pmf(lam):
+    from scipy.stats import chisquare, poisson
+
+    rng = np.random.default_rng(lam)
+    draws = poisson_counts(np.full(200, float(lam)), 2000, rng, np.uint8).ravel()
+    top = int(poisson.ppf(1 - 1e-4, lam))
+    observed = np.bincount(np.minimum(draws, top), minlength=top + 1)
+    expected = poisson.pmf(np.arange(top + 1), lam)
+    expected[-1] = poisson.sf(top - 1, lam)
+    # 400k draws: a wrong table entry or a biased second byte moves a cell by many sigmas
+    assert chisquare(observed, expected * len(draws)).pvalue > 1e-4
+
+
+def test_plain_rounds_gradient_is_the_same_in_any_row_order():
+    frame, _ = simulate(80, 30_000, seed=19)
+    model = BradleyTerry().fit(frame)
+    obj, pairs = model._obj, model._pairs
+    rng = np.random.default_rng(4)
+    B = 9
+    draws = [poisson_counts(c, B, rng, np.uint8) for c in (pairs.wins, pairs.losses, pairs.ties)]
+    order = solvers.PlainRounds.row_order(pairs.n_rows)
+    assert not np.array_equal(order, np.arange(pairs.n_rows))  # interleaved
+    plain = model._compact_rounds(obj, model._counts(pairs, *draws, 0.0))
+    striped = model._compact_rounds(obj, model._counts(pairs, *(d[order] for d in draws), 0.0),
+                                    order)
+    x = model.params_[:, None] + 0.05 * rng.normal(size=(obj.layout.size, B))
+    x[~obj.free_mask()] = model.params_[~obj.free_mask()][:, None]
+    for rounds in (plain, striped):
+        rounds.single = False
+    np.testing.assert_allclose(striped.gradient(x), plain.gradient(x), rtol=1e-10, atol=1e-9)
+    # from a base point (the warm start), in single precision: ~1e-5 of the double one
+    for rounds in (plain, striped):
+        rounds.single = True
+        rounds.gradient(model.params_[:, None])  # the base point
+    reference = plain.gradient(x)
+    plain.single = False
+    exact = plain.gradient(x)
+    np.testing.assert_allclose(striped.gradient(x), exact, atol=2e-5)
+    np.testing.assert_allclose(reference, exact, atol=2e-5)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_chord_rounds_stop_within_the_tolerance_of_refits(seed):
+    # small problems (a few hundred comparisons an item) contract least: the stopping rule's
+    # hardest case; the refits are polished with three exact Newton steps
+    frame, _ = simulate(25 + 4 * seed, 3000 + 400 * seed, seed=100 + seed, ties="davidson",
+                        tie_param=0.3)
+    model = BradleyTerry(ties=("half", "drop")[seed % 2], l2=(0.0, 1.0)[seed % 3 == 2]).fit(frame)
+    obj, pairs = model._obj, model._pairs
+    rng = np.random.default_rng(seed)
+    B = 6
+    order = solvers.PlainRounds.row_order(pairs.n_rows)
+    striped = [poisson_counts(c[order], B, rng, np.uint8)
+               for c in (pairs.wins, pairs.losses, pairs.ties)]
+    rounds = model._compact_rounds(obj, model._counts(pairs, *striped, 0.0), order)
+    factor = model._hessian_factor()
+    free = obj.free_mask()
+
+    def solve(G):
+        out = solvers.cho_solve(factor, np.where(free[:, None], G, 0.0))
+        out[~free] = 0.0
+        return out
+
+    phi, ok = solvers.chord_batch(obj, model.params_, rounds, solve, tol=1e-6, ftol=model.tol,
+                                  fscale=model.objective_)
+    assert ok.all()
+    for b in range(B):
+        counts = []
+        for d in striped:
+            back = np.empty(pairs.n_rows)
+            back[order] = d[:, b]
+            counts.append(back)
+        one = solvers.Objective(pairs.first, pairs.second, model._counts(pairs, *counts, 0.0),
+                                obj.outcome, K=obj.layout.K, l2=model.l2,
+                                reference=obj.reference)
+        ref = solvers.newton_dense(one).phi
+        for _ in range(3):
+            H = one.dense_hessian(ref)[np.ix_(free, free)]
+            ref[free] -= np.linalg.solve(H, one.derivatives(ref, "none")["g"][free])
+        assert np.max(np.abs(phi[:, b] - ref)) < 1e-6
 
 
 # ---------------------------------------------------------------- threads and deferred work
