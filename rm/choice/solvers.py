@@ -1000,6 +1000,24 @@ class PlainRounds:
         the sums over a few blocks stay small enough to be taken in single precision."""
         return np.argsort(np.arange(R) % STRIPES, kind="stable")
 
+    def columns(self, cols) -> "PlainRounds":
+        """The rounds ``cols`` alone (their counts copied; the rows, their order and the base
+        point shared): the last steps of a batch, where a few rounds are left, cost that many
+        rounds' work."""
+        sub = PlainRounds.__new__(PlainRounds)
+        sub.__dict__.update(self.__dict__)
+        sub.wins = np.ascontiguousarray(self.wins[:, cols])
+        sub.totals = np.ascontiguousarray(self.totals[:, cols])
+        sub.B = len(cols)
+        sub.block = int(np.clip(BLOCK_CELLS // max(sub.B, 1), 256, 16_384))
+        index = self._indptr.dtype
+        sub._signs = {dt: np.tile(np.array([1.0, -1.0], dtype=dt), sub.block)
+                      for dt in (np.float32, np.float64)}
+        sub._indptr = np.arange(0, 2 * sub.block + 1, 2, dtype=index)
+        if self._base is not None:
+            sub._base = (self._base[0], self._base[1][:, cols])
+        return sub
+
     def _row_sums(self, fill, dtype, small: bool = False) -> np.ndarray:
         """``sum_r x_r (e_first_r - e_second_r)`` (K, B) in double precision, where
         ``fill(start, stop, out)`` writes the rows' ``x`` block by block into ``out``
@@ -1087,6 +1105,7 @@ class PlainRounds:
 
 
 RATE_MARGIN = 1.5
+FEW_ROUNDS = 0.75  # share of a batch's rounds left from which only theirs are computed
 # a step this share of the tolerance ends a round: the floor that single-precision gradients
 # set (~1e-7 of a score), where measured rates are noise
 FLOOR_SHARE = 0.2
@@ -1131,8 +1150,18 @@ def chord_batch(obj: Objective, phi_hat, counts, solve, *, tol=1e-7, max_iter=60
     dX, dR = [], []
     x_prev = r_prev = None
     top_rate = np.zeros(B)  # the largest contraction measured so far
+    subset = None  # (rounds left, their PlainRounds)
     for step_no in range(max_iter):
-        G = gradient(x)
+        left_over = np.flatnonzero(~converged)
+        if (isinstance(counts, PlainRounds) and x.shape[1] == B
+                and len(left_over) <= FEW_ROUNDS * B):
+            # a few rounds left: only their gradients (the others' steps are zero)
+            if subset is None or not np.array_equal(subset[0], left_over):
+                subset = (left_over, counts.columns(left_over))
+            G = np.zeros((len(phi_hat), B))
+            G[:, left_over] = subset[1].gradient(x[:, left_over])
+        else:
+            G = gradient(x)
         G[~free] = 0.0
         r = -solve(G)
         r[~free] = 0.0

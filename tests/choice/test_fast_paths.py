@@ -400,6 +400,12 @@ def test_plain_rounds_gradient_is_the_same_in_any_row_order():
     exact = plain.gradient(x)
     np.testing.assert_allclose(striped.gradient(x), exact, atol=2e-5)
     np.testing.assert_allclose(reference, exact, atol=2e-5)
+    # a few rounds alone (the last steps of a batch): their columns of the full gradient
+    cols = np.array([1, 4, 8])
+    few = striped.columns(cols)
+    assert few.B == 3 and few.wins.shape == (pairs.n_rows, 3)
+    np.testing.assert_allclose(few.gradient(x[:, cols]), striped.gradient(x)[:, cols],
+                               rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("seed", range(6))
