@@ -165,14 +165,23 @@ def _read_resolved(
 
 def _resolve(events: pl.DataFrame, exclude_annotators: Sequence[str], sources: Sequence[str] | None) -> pl.DataFrame:
     """Events in event order -> each comparison's latest event, retracted comparisons dropped, filtered."""
-    if events.height and events["comparison_id"].n_unique() < events.height:
+    if events.height and not _all_distinct(events["comparison_id"]):
         events = events.unique(subset="comparison_id", keep="last", maintain_order=True)
-    events = events.filter(pl.col("kind") == "label").drop("kind")  # rows came in event order
+    if events.height and not events.select((pl.col("kind") == "label").all()).item():
+        events = events.filter(pl.col("kind") == "label")  # rows came in event order
+    events = events.drop("kind")
     if exclude_annotators:
         events = events.filter(~pl.col("annotator_id").is_in(list(exclude_annotators)))
     if sources is not None:
         events = events.filter(pl.col("source").is_in(list(sources)))
     return events
+
+
+def _all_distinct(col: pl.Series) -> bool:
+    """Whether no value of ``col`` repeats. Distinct 64-bit hashes mean distinct values, and
+    counting them is several times cheaper than counting the values (no value is copied into
+    a hash table); only when two hashes meet are the values themselves counted."""
+    return col.hash().n_unique() == len(col) or col.n_unique() == len(col)
 
 
 def _named_ids(events: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
@@ -189,11 +198,11 @@ EVENT_SCHEMA = {"kind": pl.String, **{c: COMPARISONS_SCHEMA[c] for c in HASH_COL
 # holds ``hi - lo`` rows (SQLite numbers rows ``max + 1``, and events are never deleted) they are
 # ``lo + 1 .. hi``; a chunk with gaps is read row by row.
 _EVENT_COLUMNS = {
-    "kind": ("kind", "token"), "comparison_id": ("comparison_id", "token"),
-    "prompt_id": ("prompt_id", "token"), "response_a_id": ("response_a_id", "token"), "response_b_id": ("response_b_id", "token"),
+    "kind": ("kind", "token"), "comparison_id": ("comparison_id", "id"),
+    "prompt_id": ("prompt_id", "id"), "response_a_id": ("response_a_id", "id"), "response_b_id": ("response_b_id", "id"),
     "label": ("label", "token"), "annotator_id": ("annotator_id", "token"), "shown_left": ("shown_left", "token"),
     "source": ("source", "token"), "gold": ("gold", "int"), "rationale": ("rationale", "text"),
-    "duration_ms": ("duration_ms", "int"), "created_at": ("created_at", "token"),
+    "duration_ms": ("duration_ms", "int"), "created_at": ("created_at", "id"),
 }
 EVENT_CHUNK = 125_000  # events per column-wise read
 TEXT_CHUNK = 50_000  # prompts or responses per column-wise read (by id; a scan reads twice as many per chunk)
@@ -391,8 +400,8 @@ def _cast_column(col: pl.Series, dtype: Any) -> pl.Series:
     return col if col.dtype == dtype else _cast(col, dtype)
 
 
-_PROMPT_COLUMNS = {"prompt_id": ("p.prompt_id", "token"), "prompt": ("p.text", "text"), "messages": ("p.messages", "text"), "category": ("p.category", "text")}
-_RESPONSE_COLUMNS = {"response_id": ("r.response_id", "token"), "text": ("r.text", "text"), "model": ("r.model", "text")}
+_PROMPT_COLUMNS = {"prompt_id": ("p.prompt_id", "id"), "prompt": ("p.text", "text"), "messages": ("p.messages", "text"), "category": ("p.category", "text")}
+_RESPONSE_COLUMNS = {"response_id": ("r.response_id", "id"), "text": ("r.text", "text"), "model": ("r.model", "text")}
 PROMPT_SCHEMA = {"prompt_id": pl.String, "prompt": pl.String, "messages": pl.String, "category": pl.String}
 RESPONSE_SCHEMA = {"response_id": pl.String, "text": pl.String, "model": pl.String}
 
@@ -414,16 +423,15 @@ def _sqlite_resolved(store: "Store", tx: Any, watermark: int, exclude_annotators
         events = _resolve(_sqlite_events(tx, fetch, event_jobs), exclude_annotators, sources)
         if events.height == 0:
             return _Resolved(events, pl.DataFrame(), pl.DataFrame(), watermark)
-        prompt_ids, response_ids = _named_ids(events)
         try:
             if text_jobs is not None:
-                prompts, responses, texts = _scanned_texts(text_jobs, prompt_ids, response_ids)
+                prompts, responses, texts = _scanned_texts(text_jobs, events)
             else:
-                prompts, responses, texts = _texts_by_id(fetch, prompt_ids, response_ids)
+                prompts, responses, texts = _texts_by_id(fetch, *_named_ids(events))
             return _Resolved(events, prompts, responses, watermark, texts)
         except Exception:  # noqa: BLE001  (ColumnReadError, a text too big for one read, ...): row-wise below
             pass
-    prompts, responses = _read_texts(tx, prompt_ids, response_ids)
+    prompts, responses = _read_texts(tx, *_named_ids(events))
     return _Resolved(events, prompts, responses, watermark)
 
 
@@ -463,14 +471,25 @@ def _text_frames(table: str, jobs: list[tuple[Any, Any]]) -> tuple[pl.DataFrame,
     return out, texts
 
 
-def _scanned_texts(jobs: dict[str, list[tuple[Any, Any]]], prompt_ids: pl.Series, response_ids: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame, Any]:
-    """The rows of whole-table reads that the events name (each once, in rowid order)."""
+def _scanned_texts(jobs: dict[str, list[tuple[Any, Any]]], events: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, Any]:
+    """The rows of whole-table reads that the events name (each once, in rowid order).
+
+    When the events name as many distinct ids as the table has rows (an import's store), every
+    row is named, since every id an event names is in the table (a foreign key, and
+    :func:`_assemble_for_file` finds each one or raises); counting distinct 64-bit hashes of the
+    ids tells so without collecting the distinct ids (as many distinct hashes as rows means at
+    least as many distinct ids). Otherwise the named ids are collected and the rows filtered.
+    """
     from .bulk import ColumnReadError
 
     out = []
-    for table, wanted in (("prompts", prompt_ids), ("responses", response_ids)):
+    for table, named in (("prompts", [events["prompt_id"]]), ("responses", [events["response_a_id"], events["response_b_id"]])):
         frame, texts = _text_frames(table, jobs[table])
         key = _TEXT_TABLES[table][1]
+        if pl.concat([col.hash() for col in named]).n_unique() == frame.height:
+            out.append((frame, texts))
+            continue
+        wanted = pl.concat(named).unique()
         if frame.height != len(wanted):
             keep = frame.select(pl.col(key).is_in(wanted.implode())).to_series()
             frame = frame.filter(keep)
@@ -599,7 +618,7 @@ def _assemble_for_file(events: pl.DataFrame, prompts: pl.DataFrame, responses: p
         values without nulls (else it writes the column plain): the same text from two models
         is two responses, and a null category gets a null index."""
         if key not in distinct_of:
-            if values.null_count() == 0 and values.n_unique() == len(values):  # (n_unique is a hash count: cheap)
+            if values.null_count() == 0 and _all_distinct(values):
                 arrow = response_texts if key == "response" and response_texts is not None else None
                 distinct_of[key] = (None, arrow if arrow is not None else texts(values))
             else:

@@ -231,3 +231,84 @@ def test_version_file_compresses_texts_with_zstd_and_the_rest_with_lz4(store):
         expected = "ZSTD" if path.split(".")[0] in versions.ZSTD_COLUMNS else "LZ4"
         assert codec.upper().startswith(expected), (path, codec)
     assert v.to_polars().equals(_reference(store))
+
+
+# -- string views over fetched bytes (ColumnQuery's "id" columns) ------------------------------
+
+VIEW_VALUES = ["", "a", "x" * 12, "y" * 13, "c" + "0123456789abcdef" * 2, "é漢字☃ ünï", "z" * 300, "tie", "é" * 6, "é" * 7]
+
+
+@pytest.mark.parametrize("values", [VIEW_VALUES, VIEW_VALUES[::-1], [""], ["only one long value, longer than twelve"], [""] * 5, []],
+                         ids=["mixed", "reversed", "one-empty", "one-long", "all-empty", "none"])
+def test_string_views_give_the_values_a_split_gives(values):
+    data = bulk.US.join(values).encode("utf-8")
+    arr = bulk.string_views(data, len(values))
+    arr.validate(full=True)
+    assert arr.to_pylist() == values
+    got = pl.Series("v", arr, dtype=pl.String)
+    split = pl.Series("v", [data.decode()], dtype=pl.String).str.split(bulk.US).explode() if values else pl.Series("v", [], dtype=pl.String)
+    assert got.equals(split)
+    # the views point into the fetched bytes: polars takes them as they are, and they survive the bytes' owner
+    del data
+    assert got.to_list() == values
+
+
+@pytest.mark.parametrize("data, n, match", [
+    (f"a{bulk.US}b{bulk.US}c".encode(), 2, "3 values for 2 rows"),  # a value held the separator
+    (b"abc", 2, "1 values for 2 rows"),
+    (b"abc", 0, "for no values"),
+    (b"ok\x1f\xff\xfe not utf-8 at all", 2, "(?i)utf-?8"),
+    (b"\xc3", 1, "(?i)utf-?8"),  # a value cut inside a character, inline (short)
+])
+def test_string_views_refuse_bad_bytes(data, n, match):
+    with pytest.raises(ValueError, match=match):
+        bulk.string_views(data, n)
+
+
+def test_an_id_column_with_a_separator_falls_back_to_rows(tmp_path):
+    """An id that holds the unit separator (only a row written by hand has one): the column-wise
+    read of that chunk refuses it (ColumnReadError) and the snapshot reads the chunk row by row."""
+    from workbench.bulk import ColumnQuery, ColumnReadError, transaction
+
+    store = workbench.open(str(tmp_path / "wb.db"), files_dir=tmp_path / "files")
+    store.add_comparisons(_awkward_frame(6))
+    odd = f"c-by-hand{bulk.US}with a separator"
+    with sqlite3.connect(store.engine.url.database) as con:
+        row = con.execute("SELECT * FROM label_events ORDER BY event_id DESC LIMIT 1").fetchone()
+        cols = [d[0] for d in con.execute("SELECT * FROM label_events LIMIT 0").description]
+        new = dict(zip(cols, row))
+        new.update(event_id=new["event_id"] + 1, client_token="by-hand", comparison_id=odd, label="tie")
+        con.execute(f"INSERT INTO label_events ({', '.join(new)}) VALUES ({', '.join('?' * len(new))})", list(new.values()))
+    q = ColumnQuery("FROM label_events WHERE event_id > ? AND event_id <= ?", (0, 100), {"comparison_id": ("comparison_id", "id")})
+    with transaction(store, write=False) as tx:
+        with pytest.raises(ColumnReadError, match="values for 7 rows"):
+            tx.sqlite_columns(q)
+    v = store.snapshot("v")
+    back = v.to_polars()
+    assert odd in back["comparison_id"].to_list() and back.height == 7
+    assert back.equals(_reference(store))
+    v.verify(deep=True)
+    store.close()
+
+
+def test_colliding_hashes_take_the_exact_paths(history_store, monkeypatch):
+    """Distinct counts go by 64-bit hashes first (comparison ids, texts, the ids the events
+    name); with every hash the same, the exact counts decide, and the version is the same."""
+    a = _snapshot_with(history_store, monkeypatch, "a", scan=True, event_chunk=5, text_chunk=2)
+    history_store.add_candidates(pl.DataFrame({"prompt": ["unlabelled prompt"] * 2, "response": ["x", "y"]}))
+    monkeypatch.setattr(pl.Series, "hash", lambda self, *a, **k: pl.Series(self.name, [0] * len(self), dtype=pl.UInt64))
+    assert versions._all_distinct(pl.Series(["a", "b"])) and not versions._all_distinct(pl.Series(["a", "a"]))
+    b = _snapshot_with(history_store, monkeypatch, "b", scan=True, event_chunk=5, text_chunk=2)
+    assert b.hash == a.hash and b.stats == a.stats
+    assert b.to_polars().equals(a.to_polars()) and b.to_polars().equals(_reference(history_store))
+
+
+def test_the_scan_keeps_every_text_when_the_events_name_them_all(tmp_path, monkeypatch):
+    """An import's store: the events name every prompt and response, the scan keeps all of them
+    (no filtering), and the version is the reference."""
+    store = workbench.open(str(tmp_path / "wb.db"), files_dir=tmp_path / "files")
+    store.add_comparisons(_awkward_frame(40))
+    v = _snapshot_with(store, monkeypatch, "v", scan=True, event_chunk=7, text_chunk=3)
+    assert v.stats["prompts"] == store.stats()["prompts"] and v.stats["responses"] == store.stats()["responses"]
+    assert v.to_polars().equals(_reference(store))
+    store.close()
