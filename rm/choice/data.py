@@ -9,6 +9,7 @@ its outcome, display side and covariates flipped.  Memory is O(comparisons + ite
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,12 +131,47 @@ def item_codes(frame: pl.DataFrame, item_a: str, item_b: str, items=None):
     return out[0], out[1], items
 
 
+# the first 8 bytes of an Arrow string view (little-endian): the length (4 bytes) and then the
+# first 4 bytes of the string inline, zero-padded
+_VIEW_A = 1 | (ord("a") << 32)
+_VIEW_B = 1 | (ord("b") << 32)
+
+
+def _view_words(col: pl.Series) -> np.ndarray | None:
+    """Each value's first 8 view bytes (uint64), read in place from the Arrow string-view layout
+    polars keeps strings in (no copy, no string comparison); None when the column is not one
+    chunk of string views without nulls (or the machine is big-endian)."""
+    if sys.byteorder != "little":
+        return None
+    try:
+        import pyarrow as pa
+
+        arr = col.to_arrow(compat_level=pl.CompatLevel.newest())
+        if isinstance(arr, pa.ChunkedArray):
+            if arr.num_chunks != 1:
+                return None
+            arr = arr.chunk(0)
+        if arr.type != pa.string_view() or arr.null_count:
+            return None
+        views = arr.buffers()[1]
+    except Exception:  # an older polars or pyarrow: the string comparisons below
+        return None
+    words = np.frombuffer(views, dtype=np.uint64)
+    return words[2 * arr.offset:2 * (arr.offset + len(arr)):2]
+
+
 def outcome_codes(frame: pl.DataFrame, label: str) -> np.ndarray:
     """0 = "a", 1 = "b", 2 = "tie", 3 = "both_bad" (string comparisons: faster than a cast; the
-    tie and both-bad comparisons only run when some label is neither "a" nor "b")."""
+    tie and both-bad comparisons only run when some label is neither "a" nor "b").  Labels
+    that are all "a" or "b" are read from the string views in place (a third of the time)."""
     col = frame[label]
     if col.dtype != pl.String:
         col = col.cast(pl.String)
+    words = _view_words(col)
+    if words is not None:
+        is_b = words == _VIEW_B
+        if np.count_nonzero(is_b) + np.count_nonzero(words == _VIEW_A) == len(words):
+            return is_b.view(np.int8)
     is_b = (col == "b").fill_null(False).to_numpy()
     codes = is_b.astype(np.int8)
     n_a = int((col == "a").sum())
@@ -367,16 +403,19 @@ def count_cells(key: np.ndarray, outcome: np.ndarray) -> tuple[np.ndarray, np.nd
     cell = key << 2
     cell |= outcome
     cell.sort()
-    starts = np.flatnonzero(cell[1:] != cell[:-1])
-    starts += 1
-    starts = np.concatenate([[0], starts])
-    run = np.diff(np.append(starts, n))
+    change = np.empty(n, dtype=bool)
+    change[0] = True
+    np.not_equal(cell[1:], cell[:-1], out=change[1:])
+    starts = np.flatnonzero(change)
+    run = np.diff(starts, append=n)
     cells = cell[starts]
     cell_key = cells >> 2
-    new_row = np.empty(len(cells), dtype=bool)
+    m = len(cells)
+    new_row = np.empty(m, dtype=bool)
     new_row[0] = True
     np.not_equal(cell_key[1:], cell_key[:-1], out=new_row[1:])
-    row = np.cumsum(new_row)
+    # a cumulative sum of booleans into 32-bit integers: 3x faster than numpy's default 64
+    row = np.cumsum(new_row, dtype=np.int32 if m < 2**31 else np.int64)
     row -= 1
     R = int(row[-1]) + 1
     counts = np.zeros((4, R))
@@ -384,7 +423,7 @@ def count_cells(key: np.ndarray, outcome: np.ndarray) -> tuple[np.ndarray, np.nd
     slot *= R
     slot += row
     counts.ravel()[slot] = run  # each (row, outcome) cell is one run
-    return cell_key[np.flatnonzero(new_row)], counts
+    return (cell_key if R == m else cell_key[new_row]), counts
 
 
 def _describe(items: pl.Series, idx, limit: int = 8) -> str:

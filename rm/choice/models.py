@@ -250,22 +250,13 @@ class BradleyTerry:
             if not len(matches):
                 raise ValueError(f"anchor item {self.anchor!r} is not among the fitted items")
             anchor_idx = int(matches[0])
-        reference = None if self.l2 > 0 else (anchor_idx if anchor_idx is not None else 0)
-
-        def objective():
-            return solvers.Objective(
-                pairs.first, pairs.second, counts, outcome, K=pairs.n_items, Z=pairs.design(),
-                annotator=pairs.annotator, M=pairs.n_annotators, l2=self.l2,
-                annotator_l2=self.annotator_l2, reference=reference)
-
         if self.l2 == 0:
-            # the existence check and the objective's set-up (a few ms each at a million
-            # comparisons) on two threads while another CPU is idle; a failed check raises here
-            obj = solvers.parallel_map(
-                lambda task: task(), [objective, lambda: check_identifiable(
-                    pairs, ties_inform=self.ties != "drop")], short=True)[0]
-        else:
-            obj = objective()
+            check_identifiable(pairs, ties_inform=self.ties != "drop")
+        reference = None if self.l2 > 0 else (anchor_idx if anchor_idx is not None else 0)
+        obj = solvers.Objective(
+            pairs.first, pairs.second, counts, outcome, K=pairs.n_items, Z=pairs.design(),
+            annotator=pairs.annotator, M=pairs.n_annotators, l2=self.l2,
+            annotator_l2=self.annotator_l2, reference=reference)
         method = self.solver
         if method == "auto":
             method = "dense" if pairs.n_items <= self.dense_limit else "sparse"

@@ -24,6 +24,38 @@ from rm.choice.outcomes import make_outcome
 from .conftest import simulate
 
 
+def _reference_outcomes(labels):
+    table = {"a": 0, "b": 1, "tie": 2, "both_bad": 3}
+    return np.array([table[x] for x in labels], dtype=np.int8)
+
+
+def test_outcome_codes_from_string_views_equal_string_comparisons():
+    from rm.choice.data import _view_words, outcome_codes
+
+    rng = np.random.default_rng(30)
+    labels = rng.choice(["a", "b"], 10_000).tolist()
+    frame = pl.DataFrame({"label": labels})
+    assert _view_words(frame["label"]) is not None  # the in-place path is taken
+    np.testing.assert_array_equal(outcome_codes(frame, "label"), _reference_outcomes(labels))
+    # a slice (an offset into the views), several chunks, other labels, categoricals
+    sliced = frame.slice(123, 4000)
+    np.testing.assert_array_equal(outcome_codes(sliced, "label"),
+                                  _reference_outcomes(labels[123:4123]))
+    chunked = pl.concat([frame.head(10), frame.tail(20)], rechunk=False)
+    np.testing.assert_array_equal(outcome_codes(chunked, "label"),
+                                  _reference_outcomes(labels[:10] + labels[-20:]))
+    mixed = labels[:50] + ["tie", "both_bad"] * 5
+    for col in (pl.Series("label", mixed), pl.Series("label", mixed, dtype=pl.Categorical)):
+        np.testing.assert_array_equal(outcome_codes(pl.DataFrame({"label": col}), "label"),
+                                      _reference_outcomes(mixed))
+    # near misses of "a" and "b" are errors, whichever path reads them
+    for bad in ("A", "c", "ab", "a ", "é", "b" * 20, ""):
+        with pytest.raises(ValueError, match="labels must be one of"):
+            outcome_codes(pl.DataFrame({"label": labels[:5] + [bad]}), "label")
+    with pytest.raises(ValueError, match="labels must be one of"):
+        outcome_codes(pl.DataFrame({"label": labels[:5] + [None]}), "label")
+
+
 def _random_rows(rng, K, n, n_out=4):
     a = rng.integers(0, K, n)
     b = (a + rng.integers(1, K, n)) % K
@@ -211,8 +243,8 @@ def test_newton_on_a_chain_falls_back_to_the_factorization(monkeypatch):
     frame = pl.DataFrame({"model_a": a, "model_b": a + 1, "label": np.where(win, "a", "b")})
     declined = []
     pcg = solvers._dense_pcg
-    monkeypatch.setattr(solvers, "_dense_pcg",
-                        lambda H, rhs: declined.append(pcg(H, rhs) is None) or pcg(H, rhs))
+    monkeypatch.setattr(solvers, "_dense_pcg", lambda H, rhs, **kw: declined.append(
+        pcg(H, rhs, **kw) is None) or pcg(H, rhs, **kw))
     model = BradleyTerry(ties="drop").fit(frame)
     assert declined and all(declined)
     reference = BradleyTerry(ties="drop", solver="sparse").fit(frame)
