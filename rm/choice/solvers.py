@@ -659,11 +659,12 @@ def newton_dense(obj: Objective, phi0=None, *, tol: float = 1e-12, max_iter: int
     single = obj.layout.size >= SINGLE_PRECISION_STEPS
     # single precision: each step's Hessian in one float32 matrix (no fresh pages, no copy)
     H32 = np.empty((obj.layout.size,) * 2, dtype=np.float32, order="F") if single else None
+    g0 = None  # the first gradient's norm (see _forcing)
     for it in range(1, max_iter + 1):
         g = np.where(free, pieces["g"], 0.0)
         H = obj.assemble_dense(pieces, free, out=H32, reuse=it > 1)
         gnorm = float(np.linalg.norm(g))
-        g0 = gnorm if it == 1 else g0
+        g0 = gnorm if g0 is None else g0
         step = _dense_pcg(H, -g, rtol=_forcing(gnorm, g0)) if single else None
         if step is None:
             step = _solve_damped(H.astype(np.float64, copy=False), -g, single=single,
