@@ -219,6 +219,9 @@ class PairCounts:
     annotators: pl.Series | None = None
     covariate_names: list = field(default_factory=list)
     n_comparisons: int = 0
+    # rows that are distinct (first, second) pairs sorted by pair (plain rows): where each
+    # first item's run of rows starts and its item, ``(starts, items)``; None otherwise
+    first_runs: tuple | None = None
 
     @property
     def n_items(self) -> int:
@@ -296,6 +299,10 @@ def aggregate(
                          f"({item_a}={frame[item_a][idx]!r}); {int(same.sum())} such row(s)")
     outcome = outcome_codes(frame, label)
     K = len(item_labels)
+    if shown_left is None and annotator is None and not covariates:
+        # rows are (first, second, outcome) alone: their cells in cache-sized chunks
+        ukey, counts = _count_sorted_cells(_plain_cells(ia, ib, outcome, K))
+        return _pair_counts(frame, item_labels, ukey, counts, K), version_hash
     swap = ia > ib
     first = np.minimum(ia, ib)
     second = np.maximum(ia, ib)
@@ -340,7 +347,7 @@ def aggregate(
         raise ValueError("too many distinct keys to aggregate")
     # 32-bit keys when every key (shifted left by count_cells' two outcome bits) fits: the sort
     # there runs twice as fast
-    dtype = np.int32 if 4 * card < 2**31 else np.int64
+    dtype = _key_dtype(card)
     key = first.astype(dtype, copy=False) * K + second.astype(dtype, copy=False)
     for values, c in key_parts:
         key = key * c + values.astype(dtype, copy=False)
@@ -390,6 +397,56 @@ def aggregate(
     )
 
 
+CELL_CHUNK = 65_536  # rows a chunk of _plain_cells (its int64 temporaries stay in the L2 cache)
+
+
+def _key_dtype(cardinality: int):
+    """32-bit keys when every key shifted left by two outcome bits fits (the sort runs twice as
+    fast), else 64-bit."""
+    return np.int32 if 4 * cardinality < 2**31 else np.int64
+
+
+def _plain_cells(ia: np.ndarray, ib: np.ndarray, outcome: np.ndarray, K: int) -> np.ndarray:
+    """Each comparison's cell ``(min(a, b) K + max(a, b)) << 2 | outcome``, the outcome's "a" and
+    "b" exchanged where ``a > b``.  Made chunk by chunk: a million comparisons in one pass of
+    numpy calls on whole columns would make a dozen 8 MB temporaries, three times slower here
+    (fresh memory, and the cache misses of each pass)."""
+    n = len(ia)
+    cell = np.empty(n, dtype=_key_dtype(K * K))
+    for c in range(0, n, CELL_CHUNK):
+        a, b, o = ia[c:c + CELL_CHUNK], ib[c:c + CELL_CHUNK], outcome[c:c + CELL_CHUNK]
+        k = np.minimum(a, b).astype(np.int64, copy=False)
+        k *= K
+        k += np.maximum(a, b)
+        k <<= 2
+        flip = a > b  # swapping exchanges "a" (0) and "b" (1): flip the low bit of those codes
+        flip &= o < 2
+        k |= o ^ flip.view(np.int8)
+        cell[c:c + CELL_CHUNK] = k
+    return cell
+
+
+def _pair_counts(frame: pl.DataFrame, item_labels: pl.Series, ukey: np.ndarray,
+                 counts: np.ndarray, K: int) -> PairCounts:
+    """:class:`PairCounts` of plain rows (sorted distinct keys ``first K + second``): the first
+    items from where each one's run of keys starts (K binary searches and a repeat, instead of
+    an integer division a row)."""
+    bounds = np.searchsorted(ukey, np.arange(K + 1, dtype=np.int64) * K)
+    lengths = np.diff(bounds)
+    r_first = np.repeat(np.arange(K, dtype=np.int64), lengths)
+    r_second = ukey - r_first * K
+    present = np.flatnonzero(lengths)
+    counts = counts.astype(np.float64, copy=False)
+    return PairCounts(
+        items=item_labels.alias("item"),
+        first=r_first,
+        second=r_second.astype(np.int64, copy=False),
+        wins=counts[0], losses=counts[1], ties=counts[2], both_bad=counts[3],
+        n_comparisons=int(frame.height),
+        first_runs=(bounds[present], present),
+    )
+
+
 def count_cells(key: np.ndarray, outcome: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct keys (sorted) and their counts of each outcome 0-3, shape ``(4, R)``.
 
@@ -397,11 +454,16 @@ def count_cells(key: np.ndarray, outcome: np.ndarray) -> tuple[np.ndarray, np.nd
     of an ``argsort``; no inverse index, no table of all possible keys): runs of equal values
     are the (key, outcome) cells, and runs of equal keys the rows.
     """
-    n = len(key)
-    if not n:
-        return np.zeros(0, dtype=np.int64), np.zeros((4, 0))
     cell = key << 2
     cell |= outcome
+    return _count_sorted_cells(cell)
+
+
+def _count_sorted_cells(cell: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`count_cells` of the cells ``key << 2 | outcome`` (sorted here, in place)."""
+    n = len(cell)
+    if not n:
+        return np.zeros(0, dtype=np.int64), np.zeros((4, 0))
     cell.sort()
     change = np.empty(n, dtype=bool)
     change[0] = True
@@ -432,29 +494,37 @@ def _describe(items: pl.Series, idx, limit: int = 8) -> str:
     return ", ".join(names) + more
 
 
-def _strongly_connected_dense(first, second, first_beat, second_beat, K: int) -> bool:
+def _strongly_connected_dense(first, second, first_beat, second_beat, K: int,
+                              sorted_pairs: bool = False) -> bool:
     """Whether the graph "i beat (or tied) j" is strongly connected: every item reachable from
-    item 0 along the edges and against them, by breadth-first search on dense boolean adjacency
-    matrices (a few ms for a thousand items; building a sparse graph for
-    ``connected_components`` costs 20 ms)."""
+    item 0 along the edges and against them, by breadth-first search on a dense (K, K) matrix
+    of edge bits (1: the row's item beat the column's, 2: the column's beat the row's, so both
+    searches read rows; a few ms for a thousand items; building a sparse graph for
+    ``connected_components`` costs 20 ms).  ``sorted_pairs``: the rows are distinct pairs
+    sorted by pair, ``first < second`` (as :func:`aggregate` makes plain rows)."""
     fs = first * K
     fs += second
     sf = second * K
     sf += first
-    # edge i -> j when i beat j at least once
-    if len(fs) and bool(np.all(fs[1:] > fs[:-1])) and bool(np.all(first < second)):
-        forward = np.zeros(K * K, dtype=bool)  # one row per pair: plain assignment
-        forward[fs] = first_beat > 0
-        forward[sf] = second_beat > 0
+    if sorted_pairs or (len(fs) and bool(np.all(fs[1:] > fs[:-1]))
+                        and bool(np.all(first < second))):
+        # one row per pair: plain assignments
+        won = (first_beat > 0).view(np.uint8)
+        lost = (second_beat > 0).view(np.uint8)
+        edges = np.zeros(K * K, dtype=np.uint8)
+        edges[fs] = won | (lost << 1)
+        edges[sf] = lost | (won << 1)
+        edges = edges.reshape(K, K)
     else:  # bincount sums repeated rows of a pair
-        forward = (np.bincount(fs, first_beat, K * K) + np.bincount(sf, second_beat, K * K)) > 0
-    forward = forward.reshape(K, K)
-    for adjacency in (forward, forward.T):
+        forward = ((np.bincount(fs, first_beat, K * K) + np.bincount(sf, second_beat, K * K))
+                   > 0).reshape(K, K)
+        edges = forward.view(np.uint8) | (forward.T.view(np.uint8) << 1)
+    for bit in (1, 2):
         seen = np.zeros(K, dtype=bool)
         seen[0] = True
         frontier = np.array([0])
         while len(frontier):
-            reached = adjacency[frontier].any(axis=0)
+            reached = (edges[frontier] & bit).any(axis=0)
             reached &= ~seen
             seen |= reached
             frontier = np.flatnonzero(reached)
@@ -473,7 +543,8 @@ def check_identifiable(pairs: PairCounts, ties_inform: bool) -> None:
     K = pairs.n_items
     tie_w = (pairs.ties + pairs.both_bad) if ties_inform else 0.0
     if 1 < K <= 4096 and _strongly_connected_dense(
-            pairs.first, pairs.second, pairs.wins + tie_w, pairs.losses + tie_w, K):
+            pairs.first, pairs.second, pairs.wins + tie_w, pairs.losses + tie_w, K,
+            sorted_pairs=pairs.first_runs is not None):
         return
     n = pairs.wins + pairs.losses + pairs.ties + pairs.both_bad
     used = n > 0

@@ -256,7 +256,7 @@ class BradleyTerry:
         obj = solvers.Objective(
             pairs.first, pairs.second, counts, outcome, K=pairs.n_items, Z=pairs.design(),
             annotator=pairs.annotator, M=pairs.n_annotators, l2=self.l2,
-            annotator_l2=self.annotator_l2, reference=reference)
+            annotator_l2=self.annotator_l2, reference=reference, first_runs=pairs.first_runs)
         method = self.solver
         if method == "auto":
             method = "dense" if pairs.n_items <= self.dense_limit else "sparse"

@@ -126,7 +126,7 @@ class Objective:
 
     def __init__(self, first, second, counts, outcome: OutcomeModel, *, K: int, Z=None,
                  annotator=None, M: int = 0, l2: float = 0.0, annotator_l2: float = 1.0,
-                 reference: int | None = None):
+                 reference: int | None = None, first_runs=None):
         self.first = np.ascontiguousarray(first, dtype=np.int64)
         self.second = np.ascontiguousarray(second, dtype=np.int64)
         self.counts = counts  # (wins, losses, ties) arrays, (R,) or (R, B)
@@ -142,8 +142,11 @@ class Objective:
         # rows sorted by first item (as aggregate() makes them): per-item sums over the first
         # items are segment sums (np.add.reduceat), ~4x faster than np.bincount, which stalls on
         # runs of the same index
-        self._first_runs = None
-        if R and bool(np.all(self.first[1:] >= self.first[:-1])):
+        # ``first_runs``: (starts, items) given by aggregate() for rows that are distinct pairs
+        # sorted by pair (PairCounts.first_runs)
+        self._first_runs = first_runs
+        self._sorted_pairs = first_runs is not None
+        if first_runs is None and R and bool(np.all(self.first[1:] >= self.first[:-1])):
             starts = np.flatnonzero(self.first[1:] != self.first[:-1])
             starts += 1
             starts = np.concatenate([[0], starts])
@@ -491,8 +494,9 @@ class Objective:
         if self._lower is None:
             K, P = self.layout.K, self.layout.size
             # rows are distinct item pairs when nothing else splits them: scatter without summing
-            unique_pairs = False
-            if self.Z is None and self.annotator is None and bool(np.all(self.first < self.second)):
+            unique_pairs = self._sorted_pairs and self.Z is None and self.annotator is None
+            if (not unique_pairs and self.Z is None and self.annotator is None
+                    and bool(np.all(self.first < self.second))):
                 if self._first_runs is not None:  # sorted by first: check the seconds within runs
                     d = np.diff(self.second)
                     d[self._first_runs[0][1:] - 1] = 1  # a new first item starts a new run
