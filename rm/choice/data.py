@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -71,8 +71,13 @@ def _first_bad(frame: pl.DataFrame, mask: pl.Series, column: str) -> str:
     return f"row {idx} ({column}={frame[column][idx]!r}), {int(mask.sum())} bad row(s) in all"
 
 
-def item_codes(frame: pl.DataFrame, item_a: str, item_b: str, items=None):
-    """Integer codes of both item columns and the sorted item labels."""
+def item_codes(frame: pl.DataFrame, item_a: str, item_b: str, items=None, *,
+               presence: bool = True):
+    """Integer codes of both item columns and the sorted item labels.
+
+    ``presence=False``: for integer ids in ``0 .. K-1`` (small enough), return the ids as codes
+    and ``K`` in place of the labels, without checking which ids occur (a pass over both
+    columns); the caller checks that on its aggregated rows (see :func:`_used_items`)."""
     a, b = frame[item_a], frame[item_b]
     for name, col in ((item_a, a), (item_b, b)):
         if col.null_count():
@@ -94,6 +99,8 @@ def item_codes(frame: pl.DataFrame, item_a: str, item_b: str, items=None):
         if not given_items and va.dtype.kind in "iu" and vb.dtype.kind in "iu":
             lo_v = min(int(va.min()), int(vb.min()))
             hi_v = max(int(va.max()), int(vb.max()))
+            if not presence and lo_v >= 0 and hi_v < len(va) // 4:
+                return va.astype(np.int64, copy=False), vb.astype(np.int64, copy=False), hi_v + 1
             if lo_v >= 0 and hi_v < max(4 * (len(va) + len(vb)), 1 << 20):
                 # integer ids: a presence table instead of a sort, O(n + max id)
                 present = np.zeros(hi_v + 1, dtype=bool)
@@ -291,18 +298,23 @@ def aggregate(
     _require_columns(frame, [item_a, item_b, label, shown_left, annotator, *covariates])
     if frame.height == 0:
         raise ValueError("the comparisons table is empty")
-    ia, ib, item_labels = item_codes(frame, item_a, item_b, items)
+    plain = shown_left is None and annotator is None and not covariates
+    ia, ib, item_labels = item_codes(frame, item_a, item_b, items, presence=not plain)
     same = ia == ib
     if same.any():
         idx = int(np.flatnonzero(same)[0])
         raise ValueError(f"an item compared with itself at row {idx} "
                          f"({item_a}={frame[item_a][idx]!r}); {int(same.sum())} such row(s)")
     outcome = outcome_codes(frame, label)
-    K = len(item_labels)
-    if shown_left is None and annotator is None and not covariates:
+    if plain:
         # rows are (first, second, outcome) alone: their cells in cache-sized chunks
+        K = item_labels if isinstance(item_labels, int) else len(item_labels)
         ukey, counts = _count_sorted_cells(_plain_cells(ia, ib, outcome, K))
-        return _pair_counts(frame, item_labels, ukey, counts, K), version_hash
+        pairs = _pair_counts(frame, item_labels, ukey, counts, K)
+        if isinstance(item_labels, int):  # integer ids: which occur, from the rows
+            pairs = _used_items(pairs, frame[item_a].dtype)
+        return pairs, version_hash
+    K = len(item_labels)
     swap = ia > ib
     first = np.minimum(ia, ib)
     second = np.maximum(ia, ib)
@@ -426,25 +438,53 @@ def _plain_cells(ia: np.ndarray, ib: np.ndarray, outcome: np.ndarray, K: int) ->
     return cell
 
 
-def _pair_counts(frame: pl.DataFrame, item_labels: pl.Series, ukey: np.ndarray,
-                 counts: np.ndarray, K: int) -> PairCounts:
-    """:class:`PairCounts` of plain rows (sorted distinct keys ``first K + second``): the first
-    items from where each one's run of keys starts (K binary searches and a repeat, instead of
-    an integer division a row)."""
-    bounds = np.searchsorted(ukey, np.arange(K + 1, dtype=np.int64) * K)
-    lengths = np.diff(bounds)
-    r_first = np.repeat(np.arange(K, dtype=np.int64), lengths)
-    r_second = ukey - r_first * K
-    present = np.flatnonzero(lengths)
+def _pair_counts(frame: pl.DataFrame, item_labels, ukey: np.ndarray, counts: np.ndarray,
+                 K: int) -> PairCounts:
+    """:class:`PairCounts` of plain rows (sorted distinct keys ``first K + second``), with
+    their first items' runs.  With few items a row, the first items come from where each one's
+    run of keys starts (K binary searches and a repeat, instead of an integer division a
+    row).  ``item_labels``: a Series, or K for the ids ``0 .. K-1``."""
+    if K + 1 <= len(ukey) // 8:
+        bounds = np.searchsorted(ukey, np.arange(K + 1, dtype=np.int64) * K)
+        lengths = np.diff(bounds)
+        r_first = np.repeat(np.arange(K, dtype=np.int64), lengths)
+        r_second = (ukey - r_first * K).astype(np.int64, copy=False)
+        used = np.flatnonzero(lengths)
+        runs = (bounds[used], used)
+    else:
+        r_first, r_second = (x.astype(np.int64, copy=False) for x in np.divmod(ukey, K))
+        starts = np.flatnonzero(r_first[1:] != r_first[:-1])
+        starts += 1
+        starts = np.concatenate([[0], starts])
+        runs = (starts, r_first[starts])
+    if isinstance(item_labels, int):
+        item_labels = pl.Series("item", np.arange(K))
     counts = counts.astype(np.float64, copy=False)
     return PairCounts(
         items=item_labels.alias("item"),
         first=r_first,
-        second=r_second.astype(np.int64, copy=False),
+        second=r_second,
         wins=counts[0], losses=counts[1], ties=counts[2], both_bad=counts[3],
         n_comparisons=int(frame.height),
-        first_runs=(bounds[present], present),
+        first_runs=runs,
     )
+
+
+def _used_items(pairs: PairCounts, dtype) -> PairCounts:
+    """``pairs`` made with the integer ids ``0 .. K-1`` as items: the ids that occur in its rows
+    (as first items: the runs; as second: a presence table of the rows) become the items, in
+    order, the rows' codes their ranks (order kept, so the rows stay sorted)."""
+    K = pairs.n_items
+    present = np.zeros(K, dtype=bool)
+    present[pairs.first_runs[1]] = True
+    present[pairs.second] = True
+    items = pl.Series("item", np.arange(K)).cast(dtype)
+    if present.all():
+        return replace(pairs, items=items)
+    rank = np.cumsum(present) - 1
+    starts, firsts = pairs.first_runs
+    return replace(pairs, items=items.filter(pl.Series(present)), first=rank[pairs.first],
+                   second=rank[pairs.second], first_runs=(starts, rank[firsts]))
 
 
 def count_cells(key: np.ndarray, outcome: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

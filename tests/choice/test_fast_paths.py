@@ -56,6 +56,33 @@ def test_outcome_codes_from_string_views_equal_string_comparisons():
         outcome_codes(pl.DataFrame({"label": labels[:5] + [None]}), "label")
 
 
+@pytest.mark.parametrize("gaps", [False, True])
+def test_integer_ids_equal_their_names(gaps):
+    # ids 0..K-1 all used, or with unused ids (and one id seen only as the second item): the
+    # codes are checked on the aggregated rows, not on the comparisons
+    rng = np.random.default_rng(31)
+    K, n = 60, 20_000
+    ids = np.arange(K) * (3 if gaps else 1)
+    a = rng.integers(0, K, n)
+    b = (a + rng.integers(1, K, n)) % K
+    if gaps:  # the lowest id only in column b
+        zero = a == 0
+        a[zero], b[zero] = b[zero], 0
+    win = rng.random(n) < 0.5
+    label = np.where(win, "a", "b")
+    by_id = BradleyTerry().fit(pl.DataFrame({"model_a": ids[a], "model_b": ids[b],
+                                             "label": label}))
+    by_name = BradleyTerry().fit(pl.DataFrame({"model_a": [f"m{i:04d}" for i in ids[a]],
+                                               "model_b": [f"m{i:04d}" for i in ids[b]],
+                                               "label": label}))
+    used = np.unique(np.concatenate([ids[a], ids[b]]))
+    assert by_id.items_ == used.tolist()
+    assert by_id.log_likelihood_ == pytest.approx(by_name.log_likelihood_, rel=1e-12)
+    np.testing.assert_allclose(by_id.scores_["score"].to_numpy(),
+                               by_name.scores_["score"].to_numpy(), atol=1e-9)
+    assert by_id.scores_["item"].dtype == pl.Int64
+
+
 def _random_rows(rng, K, n, n_out=4):
     a = rng.integers(0, K, n)
     b = (a + rng.integers(1, K, n)) % K
