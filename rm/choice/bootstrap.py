@@ -4,14 +4,11 @@ Resampling comparisons with independent Poisson(1) weights (Hanley & MacGibbon 2
 "Poisson bootstrap" of Chamandy et al. 2012) makes the count of each (row, outcome) cell an
 independent Poisson(count) draw, so a bootstrap round never touches the raw comparisons.
 
-Draws use exact inverse-CDF tables, in two levels: a uniform byte (eight from each raw 64-bit
-output of the generator) picks one of 256 buckets of the Poisson CDF, which settles the draw
-unless the bucket straddles a CDF step (a few buckets in a hundred: ``bytes.translate`` maps
-the bytes through a 256-entry table); a straddling bucket takes a second uniform byte, and the
-16-bit bucket settles the draw unless it, too, straddles a step (about one in 10^4 of those),
-which a fresh 53-bit uniform resolves.  So the draws are exact Poisson, at well under a
-nanosecond each.  Cells are grouped by mean so each group reads one table row, and the draws
-can be kept as one-byte integers (a mean of at most 32 draws at most 177).
+Draws use an exact inverse-CDF table: a 16-bit uniform (four from each raw 64-bit output of
+the generator) picks a bucket of the Poisson CDF; the rare buckets that straddle a CDF step
+(about one in 10^4) are resolved with a fresh 53-bit uniform, so the draws are exact Poisson,
+at one or two nanoseconds each.  Cells are grouped by mean so each group reads one 64 KB table
+row, and the draws can be kept as one-byte integers (a mean of at most 32 draws at most 177).
 """
 
 from __future__ import annotations
@@ -41,22 +38,9 @@ def _tables():
     return table, cdfs
 
 
-@lru_cache(maxsize=1)
-def _byte_tables() -> list[bytes]:
-    """For each mean, the 256-entry table of the first level: bucket ``h`` (16-bit values
-    ``256 h`` to ``256 h + 255``) maps to the draw when the 16-bit table has one draw for all
-    of them, else to ``_FLAG``."""
-    table, _ = _tables()
-    out = []
-    for row in table.reshape(TABLE_MAX_MEAN + 1, 256, 256):
-        settled = (row.min(axis=1) == row.max(axis=1)) & (row[:, 0] != _FLAG)
-        out.append(np.where(settled, row[:, 0], _FLAG).astype(np.uint8).tobytes())
-    return out
-
-
-def _uniform_bytes(rng: np.random.Generator, n: int) -> np.ndarray:
-    """``n`` uniform bytes: eight from each raw 64-bit output of the generator."""
-    return rng.bit_generator.random_raw((n + 7) // 8).view(np.uint8)[:n]
+def _uniform16(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` uniform 16-bit integers: four from each raw 64-bit output of the generator."""
+    return rng.bit_generator.random_raw((n + 3) // 4).view(np.uint16)[:n]
 
 
 def poisson_plan(counts: np.ndarray):
@@ -86,27 +70,19 @@ def poisson_counts(counts: np.ndarray, n_rounds: int, rng: np.random.Generator,
     out = np.zeros((len(counts), n_rounds), dtype=dtype)
     lam = counts
     table, cdfs = _tables()
-    first_level = _byte_tables()
     order, edges, big = poisson_plan(counts) if plan is None else plan
     for value in range(1, TABLE_MAX_MEAN + 1):
         rows = order[edges[value]:edges[value + 1]]
         if not len(rows):
             continue
-        high = _uniform_bytes(rng, len(rows) * n_rounds)
-        draws = np.frombuffer(high.tobytes().translate(first_level[value]), dtype=np.uint8)
-        out[rows] = draws.reshape(len(rows), n_rounds)
+        u = _uniform16(rng, len(rows) * n_rounds)
+        draws = table[value][u]
         flagged = np.flatnonzero(draws == _FLAG)
         if len(flagged):
-            # the byte's bucket straddles a CDF step: a second byte picks the 16-bit bucket
-            u = high[flagged].astype(np.uint16) << 8
-            u |= _uniform_bytes(rng, len(flagged))
-            exact = table[value][u]
-            straddle = np.flatnonzero(exact == _FLAG)
-            if len(straddle):
-                # the 16-bit bucket straddles a step too: a fresh 53-bit uniform inside it
-                v = (u[straddle] + rng.random(len(straddle))) / 65536.0
-                exact[straddle] = np.searchsorted(cdfs[value], v, side="right")
-            out[rows[flagged // n_rounds], flagged % n_rounds] = exact
+            # the 16-bit bucket straddles a CDF step: place a fresh 53-bit uniform inside it
+            exact = (u[flagged] + rng.random(len(flagged))) / 65536.0
+            draws[flagged] = np.searchsorted(cdfs[value], exact, side="right")
+        out[rows] = draws.reshape(len(rows), n_rounds)
     if len(big):
         out[big] = rng.poisson(lam[big][:, None], size=(len(big), n_rounds))
     return out

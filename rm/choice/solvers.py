@@ -1059,25 +1059,7 @@ class PlainRounds:
         the sums over a few blocks stay small enough to be taken in single precision."""
         return np.argsort(np.arange(R) % STRIPES, kind="stable")
 
-    def columns(self, cols) -> "PlainRounds":
-        """The rounds ``cols`` alone (their counts copied; the rows, their order and the base
-        point shared): the last steps of a batch, where a few rounds are left, cost that many
-        rounds' work."""
-        sub = PlainRounds.__new__(PlainRounds)
-        sub.__dict__.update(self.__dict__)
-        sub.wins = np.ascontiguousarray(self.wins[:, cols])
-        sub.totals = np.ascontiguousarray(self.totals[:, cols])
-        sub.B = len(cols)
-        sub.block = int(np.clip(BLOCK_CELLS // max(sub.B, 1), 256, 16_384))
-        index = self._indptr.dtype
-        sub._signs = {dt: np.tile(np.array([1.0, -1.0], dtype=dt), sub.block)
-                      for dt in (np.float32, np.float64)}
-        sub._indptr = np.arange(0, 2 * sub.block + 1, 2, dtype=index)
-        if self._base is not None:
-            sub._base = (self._base[0], self._base[1][:, cols])
-        return sub
-
-    def _row_sums(self, fill, dtype, small: bool = False) -> np.ndarray:
+    def _row_sums(self, fill, dtype, small: bool = False, B: int | None = None) -> np.ndarray:
         """``sum_r x_r (e_first_r - e_second_r)`` (K, B) in double precision, where
         ``fill(start, stop, out)`` writes the rows' ``x`` block by block into ``out``
         (``dtype``).  Terms are summed in double precision, except ``small`` single-precision
@@ -1085,7 +1067,8 @@ class PlainRounds:
         small: summed in single precision that long (no conversion), then in double."""
         from scipy.sparse import _sparsetools as st
 
-        K, R, B, rb = self.obj.layout.K, self.obj.R, self.B, self.block
+        K, R, rb = self.obj.layout.K, self.obj.R, self.block
+        B = self.B if B is None else B
         g = np.zeros((K, B))
         single_sums = small and dtype != np.float64
         acc = np.zeros((K, B), dtype=dtype) if single_sums else g
@@ -1107,8 +1090,10 @@ class PlainRounds:
                 acc[...] = 0.0
         return g
 
-    def gradient(self, x):
-        """Gradients (P, B) at ``x`` (P, B), or at one shared column ``x`` (P, 1).
+    def gradient(self, x, cols=None):
+        """Gradients (P, B) at ``x`` (P, B), or at one shared column ``x`` (P, 1); ``cols``: the
+        rounds of ``x``'s columns (P, len(cols)) when only some are wanted (their counts are
+        picked block by block: a few rounds cost a few rounds' work and one read of the counts).
 
         Single precision (when ``single`` and the scores span less than 80, so no strength
         underflows) for the per-row arithmetic and for the sums over ``FLUSH_BLOCKS`` blocks,
@@ -1123,11 +1108,18 @@ class PlainRounds:
         K = obj.layout.K
         first, second = self.first, self.second
         s = np.ascontiguousarray(x[:K])
-        shared = s.shape[1] == 1 and self.B > 1  # all rounds at one point: a probability per row
+        # all rounds at one point: a probability per row
+        shared = cols is None and s.shape[1] == 1 and self.B > 1
+        B = s.shape[1] if cols is not None else self.B
         shift = s - np.max(s, axis=0)
         single = self.single and float(-np.min(shift)) < 80.0
         dtype = np.float32 if single else np.float64
         base = self._base if self._base is not None and self._base[0].dtype == dtype else None
+
+        def counts(matrix, start, stop):
+            block = matrix[start:stop]
+            return block if cols is None else block[:, cols]
+
         if shared:
             pi = np.exp(shift[:, 0])
             p0 = (pi[first] / (pi[first] + pi[second])).astype(dtype)[:, None]
@@ -1137,7 +1129,7 @@ class PlainRounds:
                 out -= self.wins[start:stop]
         else:
             pi = np.exp(shift).astype(dtype)
-            other = np.empty((self.block, self.B), dtype=dtype)
+            other = np.empty((self.block, B), dtype=dtype)
 
             def residual(start, stop, out):  # n p - w, or n (p - p0) from the base point
                 o2 = other[:stop - start]
@@ -1147,18 +1139,18 @@ class PlainRounds:
                 out /= o2  # p = pi_i / (pi_i + pi_j)
                 if base is not None:
                     out -= base[0][start:stop]
-                    out *= self.totals[start:stop]
+                    out *= counts(self.totals, start, stop)
                 else:
-                    out *= self.totals[start:stop]
-                    out -= self.wins[start:stop]
-        g = self._row_sums(residual, dtype, small=base is not None and not shared)
+                    out *= counts(self.totals, start, stop)
+                    out -= counts(self.wins, start, stop)
+        g = self._row_sums(residual, dtype, small=base is not None and not shared, B=B)
         if shared and self._base is None:
             self._base = (p0, g.copy())
         elif not shared and base is not None:
-            g += base[1]
+            g += base[1] if cols is None else base[1][:, cols]
         if self.scale != 1.0:
             g /= self.scale
-        full = np.zeros((obj.layout.size, self.B))
+        full = np.zeros((obj.layout.size, B))
         full[:K] = g + obj.l2 * s
         return full
 
@@ -1209,16 +1201,13 @@ def chord_batch(obj: Objective, phi_hat, counts, solve, *, tol=1e-7, max_iter=60
     dX, dR = [], []
     x_prev = r_prev = None
     top_rate = np.zeros(B)  # the largest contraction measured so far
-    subset = None  # (rounds left, their PlainRounds)
     for step_no in range(max_iter):
         left_over = np.flatnonzero(~converged)
         if (isinstance(counts, PlainRounds) and x.shape[1] == B
                 and len(left_over) <= FEW_ROUNDS * B):
             # a few rounds left: only their gradients (the others' steps are zero)
-            if subset is None or not np.array_equal(subset[0], left_over):
-                subset = (left_over, counts.columns(left_over))
             G = np.zeros((len(phi_hat), B))
-            G[:, left_over] = subset[1].gradient(x[:, left_over])
+            G[:, left_over] = counts.gradient(x[:, left_over], cols=left_over)
         else:
             G = gradient(x)
         G[~free] = 0.0
