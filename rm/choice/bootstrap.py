@@ -19,6 +19,7 @@ import numpy as np
 from scipy.stats import poisson
 
 TABLE_MAX_MEAN = 32
+LOOKUP_CHUNK = 131_072  # draws a table lookup of poisson_counts
 _FLAG = np.uint8(0xFF)  # the largest table entry is 177 (mean 32)
 
 
@@ -71,18 +72,27 @@ def poisson_counts(counts: np.ndarray, n_rounds: int, rng: np.random.Generator,
     lam = counts
     table, cdfs = _tables()
     order, edges, big = poisson_plan(counts) if plan is None else plan
+    out_rows = (out.view(np.dtype((np.void, n_rounds))).reshape(len(counts))
+                if out.dtype == np.uint8 and n_rounds else None)
     for value in range(1, TABLE_MAX_MEAN + 1):
         rows = order[edges[value]:edges[value + 1]]
         if not len(rows):
             continue
         u = _uniform16(rng, len(rows) * n_rounds)
-        draws = table[value][u]
+        # the lookup in chunks: numpy widens the 16-bit indices to 64 bits first, and a chunk's
+        # widened copy stays in the cache (twice as fast as one lookup of millions)
+        draws = np.empty(len(u), dtype=np.uint8)
+        for c in range(0, len(u), LOOKUP_CHUNK):
+            np.take(table[value], u[c:c + LOOKUP_CHUNK], out=draws[c:c + LOOKUP_CHUNK])
         flagged = np.flatnonzero(draws == _FLAG)
         if len(flagged):
             # the 16-bit bucket straddles a CDF step: place a fresh 53-bit uniform inside it
             exact = (u[flagged] + rng.random(len(flagged))) / 65536.0
             draws[flagged] = np.searchsorted(cdfs[value], exact, side="right")
-        out[rows] = draws.reshape(len(rows), n_rounds)
+        if out_rows is not None:  # one-byte draws: each row one item of B bytes (np.put: 3x faster)
+            np.put(out_rows, rows, draws.view(out_rows.dtype))
+        else:
+            out[rows] = draws.reshape(len(rows), n_rounds)
     if len(big):
         out[big] = rng.poisson(lam[big][:, None], size=(len(big), n_rounds))
     return out
