@@ -444,7 +444,7 @@ def _pair_counts(frame: pl.DataFrame, item_labels, ukey: np.ndarray, counts: np.
     their first items' runs.  With few items a row, the first items come from where each one's
     run of keys starts (K binary searches and a repeat, instead of an integer division a
     row).  ``item_labels``: a Series, or K for the ids ``0 .. K-1``."""
-    if K + 1 <= len(ukey) // 8:
+    if K + 1 <= len(ukey) // 32:  # (measured: 10x faster at 1k items, 1.4x slower at 100k)
         bounds = np.searchsorted(ukey, np.arange(K + 1, dtype=np.int64) * K)
         lengths = np.diff(bounds)
         r_first = np.repeat(np.arange(K, dtype=np.int64), lengths)
@@ -509,7 +509,10 @@ def _count_sorted_cells(cell: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     change[0] = True
     np.not_equal(cell[1:], cell[:-1], out=change[1:])
     starts = np.flatnonzero(change)
-    run = np.diff(starts, append=n)
+    # run lengths as floats (the counts' type): a scatter that converts is twice as slow
+    run = np.empty(len(starts))
+    np.subtract(starts[1:], starts[:-1], out=run[:-1], casting="unsafe")
+    run[-1] = n - starts[-1]
     cells = cell[starts]
     cell_key = cells >> 2
     m = len(cells)
@@ -525,7 +528,8 @@ def _count_sorted_cells(cell: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     slot *= R
     slot += row
     counts.ravel()[slot] = run  # each (row, outcome) cell is one run
-    return (cell_key if R == m else cell_key[new_row]), counts
+    # the keys by the rows' first cells (a gather: 3x faster than a boolean selection here)
+    return (cell_key if R == m else cell_key[np.flatnonzero(new_row)]), counts
 
 
 def _describe(items: pl.Series, idx, limit: int = 8) -> str:
