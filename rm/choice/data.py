@@ -444,7 +444,7 @@ def _pair_counts(frame: pl.DataFrame, item_labels, ukey: np.ndarray, counts: np.
     their first items' runs.  With few items a row, the first items come from where each one's
     run of keys starts (K binary searches and a repeat, instead of an integer division a
     row).  ``item_labels``: a Series, or K for the ids ``0 .. K-1``."""
-    if K + 1 <= len(ukey) // 32:  # (measured: 10x faster at 1k items, 1.4x slower at 100k)
+    if K + 1 <= len(ukey) // 32:  # (measured: 2.4x faster at 1k items, 1.4x slower at 100k)
         bounds = np.searchsorted(ukey, np.arange(K + 1, dtype=np.int64) * K)
         lengths = np.diff(bounds)
         r_first = np.repeat(np.arange(K, dtype=np.int64), lengths)

@@ -842,8 +842,23 @@ def cho_inverse(factor):
     return inv + (np.tril(inv, -1).T if lower else np.triu(inv, 1).T)
 
 
+def single_factor(factor):
+    """A Cholesky factor from :func:`cholesky` in single precision, for :func:`cho_solve`."""
+    c, lower = factor
+    return np.asfortranarray(c, dtype=np.float32), lower
+
+
 def cho_solve(factor, rhs):
-    if len(factor[0]) <= 4000:
+    """``H^-1 rhs`` from :func:`cholesky`'s factor, or :func:`single_factor`'s (solved in
+    single precision, returned in double)."""
+    c, lower = factor
+    if c.dtype == np.float32:
+        with _one_blas_thread():
+            x, info = sla.lapack.spotrs(c, np.asarray(rhs, dtype=np.float32), lower=lower)
+        if info:
+            raise np.linalg.LinAlgError("potrs failed")
+        return x.astype(np.float64)
+    if len(c) <= 4000:
         with _one_blas_thread():
             return sla.cho_solve(factor, rhs, check_finite=False)
     return sla.cho_solve(factor, rhs, check_finite=False)
