@@ -669,22 +669,6 @@ class BradleyTerry:
         rng = np.random.default_rng(seed)
         obj, pairs = self._obj, self._pairs
         free = obj.free_mask()
-        factor = self._hessian_factor()
-        if factor is not None:
-            # the rounds' solves in single precision: a chord step only needs H0^-1 to ~1e-6
-            # (its fixed point is each round's optimum whatever the matrix), at half the cost
-            factor32 = solvers.single_factor(factor)
-
-            def solve(G):
-                out = solvers.cho_solve(factor32, np.where(free[:, None], G, 0.0))
-                out[~free] = 0.0
-                return out
-        else:
-            H = solvers.SparseHessian(obj, obj.derivatives(self.params_, "sparse"))
-
-            def solve(G):
-                return solvers.pcg(H, G, free, rtol=1e-10)[0]
-
         R = pairs.n_rows
         # plain logit Bradley-Terry keeps the rounds' counts as small integers (2-4 bytes a
         # cell); the general path holds several float64 (R, B) matrices (~50 bytes a cell)
@@ -705,7 +689,25 @@ class BradleyTerry:
         order = solvers.PlainRounds.row_order(R) if compact else None
         if order is not None:
             sources = {name: c[order] for name, c in sources.items()}
-        plans = {name: poisson_plan(c) for name, c in sources.items()}  # once for all batches
+
+        # the Hessian's factor and the draws' plans (once for all batches) side by side
+        factor, plans = solvers.parallel_map(lambda task: task(), [
+            self._hessian_factor,
+            lambda: {name: poisson_plan(c) for name, c in sources.items()}])
+        if factor is not None:
+            # the rounds' solves in single precision: a chord step only needs H0^-1 to ~1e-6
+            # (its fixed point is each round's optimum whatever the matrix), at half the cost
+            factor32 = solvers.single_factor(factor)
+
+            def solve(G):
+                out = solvers.cho_solve(factor32, np.where(free[:, None], G, 0.0))
+                out[~free] = 0.0
+                return out
+        else:
+            H = solvers.SparseHessian(obj, obj.derivatives(self.params_, "sparse"))
+
+            def solve(G):
+                return solvers.pcg(H, G, free, rtol=1e-10)[0]
 
         def rounds(rng_part, B):
             """``B`` rounds drawn from ``rng_part`` and solved: (samples (B, K), ok (B,))."""

@@ -1072,7 +1072,8 @@ class PlainRounds:
         ...``): aggregated rows come sorted by first item, and a block of them would hold all of
         an item's rows as first item; in this order an item has a few rows in each block, so
         the sums over a few blocks stay small enough to be taken in single precision."""
-        return np.argsort(np.arange(R) % STRIPES, kind="stable")
+        return np.concatenate([np.arange(j, R, STRIPES) for j in range(min(STRIPES, R))]
+                              or [np.zeros(0, dtype=np.int64)])
 
     def _row_sums(self, fill, dtype, small: bool = False, B: int | None = None) -> np.ndarray:
         """``sum_r x_r (e_first_r - e_second_r)`` (K, B) in double precision, where

@@ -425,6 +425,9 @@ def test_plain_rounds_gradient_is_the_same_in_any_row_order():
     draws = [poisson_counts(c, B, rng, np.uint8) for c in (pairs.wins, pairs.losses, pairs.ties)]
     order = solvers.PlainRounds.row_order(pairs.n_rows)
     assert not np.array_equal(order, np.arange(pairs.n_rows))  # interleaved
+    for R in (0, 1, 63, 64, 65, 1000):  # stripe j: the rows j, j + 64, ... in order
+        np.testing.assert_array_equal(solvers.PlainRounds.row_order(R),
+                                      np.argsort(np.arange(R) % solvers.STRIPES, kind="stable"))
     plain = model._compact_rounds(obj, model._counts(pairs, *draws, 0.0))
     striped = model._compact_rounds(obj, model._counts(pairs, *(d[order] for d in draws), 0.0),
                                     order)
