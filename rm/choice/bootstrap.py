@@ -23,13 +23,19 @@ LOOKUP_CHUNK = 131_072  # draws a table lookup of poisson_counts
 _FLAG = np.uint8(0xFF)  # the largest table entry is 177 (mean 32)
 
 
+def max_draw(mean: float) -> int:
+    """The largest count :func:`poisson_counts` can draw for an integral mean up to
+    ``TABLE_MAX_MEAN`` (the end of that mean's table)."""
+    return int(mean + 20 * np.sqrt(mean + 1) + 30)
+
+
 @lru_cache(maxsize=1)
 def _tables():
     u = np.arange(65536, dtype=np.float64)
     table = np.empty((TABLE_MAX_MEAN + 1, 65536), dtype=np.uint8)
     cdfs = []
     for lam in range(TABLE_MAX_MEAN + 1):
-        kmax = int(lam + 20 * np.sqrt(lam + 1) + 30)
+        kmax = max_draw(lam)
         cdf = poisson.cdf(np.arange(kmax + 1), lam) if lam else np.ones(kmax + 1)
         cdf[-1] = 1.0
         cdfs.append(cdf)

@@ -53,7 +53,7 @@ import scipy.linalg as sla
 from scipy.stats import norm
 
 from . import solvers
-from .bootstrap import TABLE_MAX_MEAN, poisson_counts, poisson_plan
+from .bootstrap import TABLE_MAX_MEAN, max_draw, poisson_counts, poisson_plan
 from .data import NoFiniteMLEError, PairCounts, aggregate, check_identifiable, save_npz_atomically
 from .outcomes import make_outcome
 
@@ -717,7 +717,7 @@ class BradleyTerry:
             t, bb = draws.get("ties", 0.0), draws.get("both_bad", 0.0)
             counts = self._counts(pairs, w, lo, t, bb)
             if compact:
-                counts = self._compact_rounds(obj, counts, order)
+                counts = self._compact_rounds(obj, counts, order, max_mean=top)
             if method == "exact":
                 phi, ok = solvers.chord_batch(obj, self.params_, counts, solve, tol=tol,
                                               ftol=self.tol, fscale=self.objective_)
@@ -772,10 +772,11 @@ class BradleyTerry:
                          how="left", maintain_order="left")
 
     @staticmethod
-    def _compact_rounds(obj, counts, order=None):
+    def _compact_rounds(obj, counts, order=None, max_mean=None):
         """Rounds' (wins, losses, ties) draws as :class:`solvers.PlainRounds`: counts doubled when
         ties count half, so they stay integers; ``order``: the rows' order in the draws (see
-        :meth:`solvers.PlainRounds.row_order`)."""
+        :meth:`solvers.PlainRounds.row_order`); ``max_mean``: the largest count drawn from (it
+        bounds the draws)."""
         w, lo, t = counts
         wide = np.uint16 if w.dtype == np.uint8 else np.uint32
         if obj.outcome.tie_weight and not (np.ndim(t) == 0 and t == 0):
@@ -789,8 +790,10 @@ class BradleyTerry:
             scale = 1
             # one byte a cell when every sum fits (draws of small means do): each chord step
             # reads the totals, and half the bytes is a faster pass
-            narrow = (w.dtype == np.uint8 and lo.dtype == np.uint8
-                      and int(w.max(initial=0)) + int(lo.max(initial=0)) <= 255)
+            narrow = w.dtype == np.uint8 and lo.dtype == np.uint8 and (
+                (max_mean is not None and max_mean <= TABLE_MAX_MEAN
+                 and 2 * max_draw(max_mean) <= 255)
+                or int(w.max(initial=0)) + int(lo.max(initial=0)) <= 255)
             wins, totals = w, np.add(w, lo, dtype=np.uint8 if narrow else wide)
         return solvers.PlainRounds(obj, wins, totals, scale=scale, order=order)
 

@@ -429,6 +429,13 @@ def test_plain_rounds_gradient_is_the_same_in_any_row_order():
         np.testing.assert_array_equal(solvers.PlainRounds.row_order(R),
                                       np.argsort(np.arange(R) % solvers.STRIPES, kind="stable"))
     plain = model._compact_rounds(obj, model._counts(pairs, *draws, 0.0))
+    # without ties: totals in one byte a cell, whether the means bound the draws or a scan does
+    drop = BradleyTerry(ties="drop").fit(frame)
+    for max_mean in (None, float(max(pairs.wins.max(), pairs.losses.max()))):
+        rounds = drop._compact_rounds(drop._obj, drop._counts(drop._pairs, *draws[:2], 0.0, 0.0),
+                                      max_mean=max_mean)
+        assert rounds.totals.dtype == np.uint8
+        np.testing.assert_array_equal(rounds.totals, draws[0].astype(int) + draws[1])
     striped = model._compact_rounds(obj, model._counts(pairs, *(d[order] for d in draws), 0.0),
                                     order)
     x = model.params_[:, None] + 0.05 * rng.normal(size=(obj.layout.size, B))
