@@ -86,6 +86,7 @@ def parallel_map(fn, items, *, short: bool = False) -> list:
                                    thread_name_prefix="rm-choice")
     return list(_POOL.map(fn, items))
 
+from .data import first_item_runs
 from .outcomes import OutcomeModel
 
 
@@ -147,10 +148,7 @@ class Objective:
         self._first_runs = first_runs
         self._sorted_pairs = first_runs is not None
         if first_runs is None and R and bool(np.all(self.first[1:] >= self.first[:-1])):
-            starts = np.flatnonzero(self.first[1:] != self.first[:-1])
-            starts += 1
-            starts = np.concatenate([[0], starts])
-            self._first_runs = (starts, self.first[starts])
+            self._first_runs = first_item_runs(self.first)
         self._lower = None  # where the rows' Hessian weights go in a dense matrix: _lower_index()
         self._second_csc = None  # (indptr, indices, ones) of sum_second's product
         self.R = R
@@ -494,16 +492,10 @@ class Objective:
         if self._lower is None:
             K, P = self.layout.K, self.layout.size
             # rows are distinct item pairs when nothing else splits them: scatter without summing
-            unique_pairs = self._sorted_pairs and self.Z is None and self.annotator is None
-            if (not unique_pairs and self.Z is None and self.annotator is None
-                    and bool(np.all(self.first < self.second))):
-                if self._first_runs is not None:  # sorted by first: check the seconds within runs
-                    d = np.diff(self.second)
-                    d[self._first_runs[0][1:] - 1] = 1  # a new first item starts a new run
-                    unique_pairs = bool(np.all(d > 0))
-                if not unique_pairs:
-                    key = self.first * K + self.second
-                    unique_pairs = len(np.unique(key)) == len(key)
+            # (aggregate() says so of plain rows; other rows are checked)
+            unique_pairs = False
+            if self.Z is None and self.annotator is None:
+                unique_pairs = self._sorted_pairs or self._distinct_pairs(K)
             if unique_pairs:
                 # (second, first) is in the lower triangle: Fortran order puts it at
                 # first * P + second
@@ -515,6 +507,18 @@ class Objective:
                 hi = np.minimum(self.first, self.second)
                 self._lower = (None, lo * K + hi)
         return self._lower
+
+    def _distinct_pairs(self, K: int) -> bool:
+        """Whether the rows are distinct pairs with ``first < second``."""
+        if not bool(np.all(self.first < self.second)):
+            return False
+        if self._first_runs is not None:  # sorted by first: check the seconds within runs
+            d = np.diff(self.second)
+            d[self._first_runs[0][1:] - 1] = 1  # a new first item starts a new run
+            if bool(np.all(d > 0)):
+                return True
+        key = self.first * K + self.second
+        return len(np.unique(key)) == len(key)
 
     def assemble_dense(self, pieces, free=None, out=None, reuse: bool = False) -> np.ndarray:
         """The Hessian's lower triangle (what ``cho_factor(lower=True)`` reads) in a dense
