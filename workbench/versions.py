@@ -644,7 +644,7 @@ def _assemble_for_file(events: pl.DataFrame, prompts: pl.DataFrame, responses: p
     positions = (np.repeat(starts[p_np] - offsets[:-1], row_len) + np.arange(offsets[-1], dtype=np.int64)).astype(np.int32)
     positions = pl.Series(positions)
     messages = pa.LargeListArray.from_arrays(
-        pa.array(offsets),
+        pa.Array.from_buffers(pa.int64(), len(offsets), [None, pa.py_buffer(offsets)]),  # pa.array(numpy) would import pandas
         pa.StructArray.from_arrays(
             [dictionary(positions, pl.Series(child.field(f)), f) for f in ("role", "content")], names=["role", "content"]
         ),
@@ -772,7 +772,7 @@ PLAIN_COLUMNS = {"comparison_id", "strength", "duration_ms", "created_at"}  # no
 ZSTD_COLUMNS = {"prompt", "prompt_messages", "response_a", "response_b"}  # the texts: zstd (level 1), the rest LZ4
 
 
-def write_version_file(frame: Any, path: str | os.PathLike) -> None:
+def write_version_file(frame: Any, path: Any) -> None:
     """Write a comparisons table as Parquet: dictionary-encoded texts, zstd and LZ4 pages.
 
     A version repeats each prompt and response text in every comparison that shows it, so
@@ -786,7 +786,8 @@ def write_version_file(frame: Any, path: str | os.PathLike) -> None:
     compression than LZ4 and saves 50 MiB of writing, which on the benchmark's machine made the
     write faster and steadier. ``frame`` is a polars frame or an Arrow table (whose text
     columns may already be dictionary arrays, see :func:`_assemble_for_file`); the Arrow schema
-    is not stored, so every reader sees plain string columns.
+    is not stored, so every reader sees plain string columns. ``path``: a file path or an Arrow
+    output stream. :func:`_write_version_file_in_parts` writes the same pages on several threads.
     """
     import pyarrow.parquet as pq
 
@@ -802,15 +803,42 @@ def write_version_file(frame: Any, path: str | os.PathLike) -> None:
     )
 
 
+def _empty_file(arrow_schema: Any) -> Any:
+    """A Parquet file (an Arrow buffer) of no rows with this schema, written as
+    :func:`write_version_file` writes (its footer holds the schema as the writer lays it out)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_batches([], schema=arrow_schema), buf, store_schema=False)  # empty_table() would import pandas
+    return buf.getvalue()
+
+
 def _parquet_leaves(arrow_schema: Any) -> list[str]:
     """The Parquet column paths (``prompt_messages.list.element.content``...) of an Arrow schema."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    buf = pa.BufferOutputStream()
-    pq.write_table(arrow_schema.empty_table(), buf, store_schema=False)
-    meta = pq.read_metadata(pa.BufferReader(buf.getvalue()))
+    meta = pq.read_metadata(pa.BufferReader(_empty_file(arrow_schema)))
     return [meta.schema.column(i).path for i in range(meta.num_columns)]
+
+
+WRITE_PARTS = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1), 4))
+PARTS_FROM_ROWS = 100_000  # smaller tables are written by one writer (a part costs a few ms)
+
+
+def _write_version_file_in_parts(table: Any, path: str | os.PathLike, n_parts: int | None = None) -> str:
+    """:func:`write_version_file` with the columns shared among ``n_parts`` writers (one per
+    core, from :data:`PARTS_FROM_ROWS` rows), joined into one file (see
+    :mod:`workbench.parquet_parts`); returns the file's SHA-256."""
+    from .parquet_parts import footer_of, write_in_parts
+    from .store import file_sha256
+
+    table = table.to_arrow() if isinstance(table, pl.DataFrame) else table
+    if n_parts is None:
+        n_parts = WRITE_PARTS if table.num_rows >= PARTS_FROM_ROWS else 1
+    write_in_parts(table, path, write_version_file, n_parts, lambda: footer_of(_empty_file(table.schema))[0])
+    return file_sha256(path)
 
 
 def frame_stats(frame: pl.DataFrame) -> dict:
@@ -859,18 +887,16 @@ def take_snapshot(
     fd, tmp = tempfile.mkstemp(dir=vdir, suffix=".parquet.tmp")
     os.close(fd)
     try:
-        # The file is written in a thread (Arrow's writer holds no GIL) while the content hash
-        # is computed here, and then the file's SHA-256 as the file grows: on two cores, both
-        # cost no time.
+        # The file is written by threads (Arrow's writer holds no GIL) while the content hash
+        # is computed here.
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wb-parquet") as pool:
-            written = pool.submit(write_version_file, table, tmp)
+            written = pool.submit(_write_version_file_in_parts, table, tmp)
             try:
                 digest = content_hash(frame)
-                sha = _sha256_as_written(tmp, written)
             finally:
-                written.result()
+                sha = written.result()
         del table
         final = vdir / f"{digest[:32]}-{sha[:12]}.parquet"
         os.replace(tmp, final)
@@ -889,34 +915,6 @@ def take_snapshot(
     except sa.exc.IntegrityError as exc:
         raise StoreError(f"version name {name!r} is taken; names are never reused") from exc
     return _version_from_row(store, row)
-
-
-def _sha256_as_written(path: str, written: Any) -> str:
-    """The SHA-256 of the file that a thread is writing (``written``: its future), read as it
-    grows and finished once the writer has. Arrow's Parquet writer only appends (its sink is an
-    output stream, which cannot seek), so the bytes read are the file's; the byte count is
-    checked against the finished file all the same, and the file read again if they differ."""
-    import time
-
-    from .store import file_sha256
-
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        while True:
-            finished = written.done()  # before the read: an empty read after it means the end
-            chunk = f.read(1 << 22)
-            if chunk:
-                h.update(chunk)
-                n += len(chunk)
-            elif finished:
-                break
-            else:
-                time.sleep(0.002)
-    written.result()  # the writer's error, if any
-    if n != os.path.getsize(path):
-        return file_sha256(path)
-    return h.hexdigest()
 
 
 def _version_from_row(store: "Store", row: Any) -> Version:
