@@ -648,8 +648,9 @@ class BradleyTerry:
         estimator) - by chord-Newton steps with Anderson acceleration from the full-data optimum
         with the full-data Hessian's factorization, all rounds in one batch of sparse matrix
         products; its rounds equal independent refits (tests/choice/test_fast_paths.py).  Plain
-        logit Bradley-Terry keeps the rounds' counts as 1-2 byte integers and works through the
-        rows in cache-sized blocks (:class:`solvers.PlainRounds`).  ``"one-step"`` takes a single
+        logit Bradley-Terry keeps the rounds' counts as 1-2 byte integers and passes over the
+        rows in compiled loops (:class:`solvers.PlainRounds`, :mod:`rm.choice.kernels`; the first
+        bootstrap in a process loads them: about 1 s).  ``"one-step"`` takes a single
         Newton step per round (the estimating-function bootstrap, error second order in the
         sampling noise, no exp per round).  ``max_cells`` bounds rows x rounds per batch
         (memory).  Rounds whose resample has no finite optimum are dropped

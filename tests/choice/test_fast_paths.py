@@ -331,9 +331,20 @@ def test_sparse_hessian_equals_dense_hessian():
         np.testing.assert_allclose(H.matvec(v[:, 0]), dense @ v[:, 0], rtol=1e-10, atol=1e-10)
 
 
+@pytest.fixture(params=["compiled", "numpy"])
+def passes(request, monkeypatch):
+    """PlainRounds' passes by the compiled loops (rm.choice.kernels) or by numpy."""
+    from rm.choice import kernels
+
+    if request.param == "compiled" and not kernels.NUMBA:
+        pytest.fail("numba is a dependency: the compiled passes must be there")
+    monkeypatch.setattr(solvers, "COMPILED", request.param == "compiled")
+    return request.param
+
+
 @pytest.mark.parametrize("ties,l2,striped", [("half", 0.0, True), ("drop", 0.0, True),
                                              ("half", 1.0, True), ("half", 0.0, False)])
-def test_compact_bootstrap_rounds_equal_full_refits(ties, l2, striped):
+def test_compact_bootstrap_rounds_equal_full_refits(ties, l2, striped, passes):
     frame, _ = simulate(25, 4000, seed=12, ties="davidson", tie_param=0.3)
     model = BradleyTerry(ties=ties, l2=l2).fit(frame)
     obj, pairs = model._obj, model._pairs
@@ -416,7 +427,7 @@ def test_poisson_counts_follow_the_exact_pmf(lam):
     assert chisquare(observed, expected * len(draws)).pvalue > 1e-4
 
 
-def test_plain_rounds_gradient_is_the_same_in_any_row_order():
+def test_plain_rounds_gradient_is_the_same_in_any_row_order(passes):
     frame, _ = simulate(80, 30_000, seed=19)
     model = BradleyTerry().fit(frame)
     obj, pairs = model._obj, model._pairs
@@ -460,7 +471,7 @@ def test_plain_rounds_gradient_is_the_same_in_any_row_order():
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_chord_rounds_stop_within_the_tolerance_of_refits(seed):
+def test_chord_rounds_stop_within_the_tolerance_of_refits(seed, passes):
     # small problems (a few hundred comparisons an item) contract least: the stopping rule's
     # hardest case; the refits are polished with three exact Newton steps
     frame, _ = simulate(25 + 4 * seed, 3000 + 400 * seed, seed=100 + seed, ties="davidson",
@@ -629,3 +640,74 @@ def test_bootstrap_before_the_standard_errors_shares_their_factor(monkeypatch):
     # a refit forgets bootstrap columns that were never joined
     again = BradleyTerry().fit(frame).bootstrap(5, seed=1).fit(frame)
     assert "bootstrap_std_error" not in again.scores_.columns
+
+
+def _gradient_by_definition(rounds, x, cols=None):
+    """sum_c (n_c p_c - w_c)(e_first - e_second) / scale + l2 s, in double precision with
+    np.add.at: the definition, independent of both passes."""
+    obj = rounds.obj
+    K = obj.layout.K
+    s = x[:K]
+    cols = np.arange(rounds.B) if cols is None else np.asarray(cols)
+    n = rounds.totals[:, cols].astype(float)
+    w = rounds.wins[:, cols].astype(float)
+    p = 1.0 / (1.0 + np.exp(s[rounds.second] - s[rounds.first]))
+    v = n * p - w
+    g = np.zeros((K, len(cols)))
+    np.add.at(g, rounds.first, v)
+    np.add.at(g, rounds.second, -v)
+    full = np.zeros((obj.layout.size, len(cols)))
+    full[:K] = g / rounds.scale + obj.l2 * s
+    return full
+
+
+@pytest.mark.parametrize("ties,wide", [("drop", False), ("half", False), ("half", True)])
+def test_compiled_passes_equal_the_definition_and_numpy(monkeypatch, ties, wide):
+    from rm.choice import kernels
+
+    frame, _ = simulate(60, 20_000, seed=21, ties="davidson", tie_param=0.3)
+    model = BradleyTerry(ties=ties, l2=0.5).fit(frame)
+    obj, pairs = model._obj, model._pairs
+    rng = np.random.default_rng(5)
+    B = 7
+    order = solvers.PlainRounds.row_order(pairs.n_rows)
+    draws = [poisson_counts(c[order], B, rng, np.uint8) for c in (pairs.wins, pairs.losses, pairs.ties)]
+    if wide:  # counts over 255: two-byte cells
+        draws = [d.astype(np.uint16) * 40 for d in draws]
+    rounds = model._compact_rounds(obj, model._counts(pairs, *(draws if ties == "half" else draws[:2] + [0.0]), 0.0), order)
+    assert rounds.totals.dtype == {(False, "drop"): np.uint8, (False, "half"): np.uint16, (True, "half"): np.uint32}[wide, ties]
+    assert kernels.NUMBA and rounds._compiled(np.float32)
+    called = {"numpy": 0}
+    numpy_sums = solvers.PlainRounds._numpy_sums
+
+    def spy(self, *a, **k):
+        called["numpy"] += 1
+        return numpy_sums(self, *a, **k)
+
+    monkeypatch.setattr(solvers.PlainRounds, "_numpy_sums", spy)
+    x = model.params_[:, None] + 0.05 * rng.normal(size=(obj.layout.size, B))
+    x[~obj.free_mask()] = model.params_[~obj.free_mask()][:, None]
+    cols = np.array([0, 3, 6])
+    results = {}
+    for compiled in (True, False):
+        monkeypatch.setattr(solvers, "COMPILED", compiled)
+        before = called["numpy"]
+        out = {}
+        for single in (False, True):
+            rounds.single, rounds._base = single, None
+            out[single, "no base"] = rounds.gradient(x)
+            out[single, "no base, cols"] = rounds.gradient(x[:, cols], cols=cols)
+            out[single, "shared"] = rounds.gradient(model.params_[:, None])  # sets the base point
+            out[single, "from base"] = rounds.gradient(x)
+            out[single, "from base, cols"] = rounds.gradient(x[:, cols], cols=cols)
+        assert (called["numpy"] > before) == (not compiled)  # the path taken is the one asked for
+        results[compiled] = out
+    reference = {"no base": _gradient_by_definition(rounds, x), "from base": _gradient_by_definition(rounds, x),
+                 "no base, cols": _gradient_by_definition(rounds, x[:, cols], cols),
+                 "from base, cols": _gradient_by_definition(rounds, x[:, cols], cols)}
+    reference["shared"] = _gradient_by_definition(rounds, np.repeat(model.params_[:, None], B, axis=1))
+    scale = np.abs(reference["no base"]).max()
+    for (single, kind), got in results[True].items():
+        atol = (2e-6 if single else 1e-9) * max(scale, 1.0)
+        np.testing.assert_allclose(got, reference[kind], rtol=0, atol=atol, err_msg=f"{kind}, single={single}")
+        np.testing.assert_allclose(got, results[False][single, kind], rtol=0, atol=2 * atol + 2e-5 * single)
