@@ -663,7 +663,8 @@ def _assemble_for_file(events: pl.DataFrame, prompts: pl.DataFrame, responses: p
         "response_b": dictionary(b_idx, response_text, "response"),
         "model_b": dictionary(b_idx, response_models, "model"),
     }
-    table = narrow.select([c for c in narrow.columns if c not in columns]).to_arrow(compat_level=pl.CompatLevel.oldest())
+    # string views as they are (compat_level oldest would copy every value into a large_string array)
+    table = narrow.select([c for c in narrow.columns if c not in columns]).to_arrow(compat_level=pl.CompatLevel.newest())
     table = pa.table([columns[c] if c in columns else table.column(c) for c in COMPARISONS_SCHEMA], names=list(COMPARISONS_SCHEMA))
     labels = dict(narrow.group_by("label").len().iter_rows())
     used_models = pl.concat([index["_a"], index["_b"]]).unique()
