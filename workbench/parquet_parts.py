@@ -220,15 +220,23 @@ def _set(fields: Struct, fid: int, t: int, value: Any) -> Struct:
 # Parts
 # --------------------------------------------------------------------------------------------
 
+def _footer_start(size: int, head: bytes, tail: bytes) -> int:
+    """Where the footer of a Parquet file of ``size`` bytes starts, from its first 4 and last 8
+    bytes (raises :class:`ParquetPartsError` unless they are a Parquet file's)."""
+    if size < 12:
+        raise ParquetPartsError("not a Parquet file (shorter than its magic and footer length)")
+    if head != MAGIC or tail[4:] != MAGIC:
+        raise ParquetPartsError("not a Parquet file (no PAR1 magic at both ends)")
+    n = int.from_bytes(tail[:4], "little")
+    if n <= 0 or size - 8 - n < 4:
+        raise ParquetPartsError("the footer's length does not fit the file")
+    return size - 8 - n
+
+
 def footer_of(buf: Any) -> tuple[Struct, int]:
     """A Parquet file's decoded ``FileMetaData`` and where its footer starts (the body's end)."""
     view = memoryview(buf)
-    if len(view) < 12 or bytes(view[:4]) != MAGIC or bytes(view[-4:]) != MAGIC:
-        raise ParquetPartsError("not a Parquet file (no PAR1 magic at both ends)")
-    n = int.from_bytes(view[-8:-4], "little")
-    start = len(view) - 8 - n
-    if n <= 0 or start < 4:
-        raise ParquetPartsError("the footer's length does not fit the file")
+    start = _footer_start(len(view), bytes(view[:4]), bytes(view[-8:]))
     return decode_struct(view[start:len(view) - 8]), start
 
 
@@ -236,19 +244,12 @@ def file_footer(path: str | os.PathLike) -> tuple[Struct, int]:
     """:func:`footer_of` for a file on disk (reads only its head, tail and footer)."""
     with open(path, "rb") as f:
         size = f.seek(0, os.SEEK_END)
-        if size < 12:
-            raise ParquetPartsError("not a Parquet file (shorter than its magic and footer length)")
         f.seek(0)
         head = f.read(4)
-        f.seek(size - 8)
-        tail = f.read(8)
-        n = int.from_bytes(tail[:4], "little")
-        if head != MAGIC or tail[4:] != MAGIC:
-            raise ParquetPartsError("not a Parquet file (no PAR1 magic at both ends)")
-        if n <= 0 or size - 8 - n < 4:
-            raise ParquetPartsError("the footer's length does not fit the file")
-        f.seek(size - 8 - n)
-        return decode_struct(f.read(n)), size - 8 - n
+        f.seek(max(size - 8, 0))
+        start = _footer_start(size, head, f.read(8))
+        f.seek(start)
+        return decode_struct(f.read(size - 8 - start)), start
 
 
 def _moved(chunk: Struct, shift: int) -> Struct:

@@ -1141,7 +1141,7 @@ class PlainRounds:
         base = self._base if self._base is not None and self._base[0].dtype == dtype else None
 
         p0 = self._p0(shift, dtype) if shared else None
-        if self._compiled(dtype):
+        if self._compiled():
             g = self._compiled_sums(shift, dtype, p0, base, cols, B)
         else:
             g = self._numpy_sums(shift, dtype, p0, base, cols, B)
@@ -1160,7 +1160,7 @@ class PlainRounds:
         pi = np.exp(shift[:, 0])
         return (pi[self.first] / (pi[self.first] + pi[self.second])).astype(dtype)[:, None]
 
-    def _compiled(self, dtype) -> bool:
+    def _compiled(self) -> bool:
         """Whether the compiled loops (:mod:`rm.choice.kernels`) take this pass."""
         if not COMPILED:
             return False
@@ -1179,12 +1179,10 @@ class PlainRounds:
             kernels.shared_rows(self.first, self.second, p0[:, 0], self.totals, self.wins, g)
             return g
         pi = np.ascontiguousarray(np.exp(shift).astype(dtype))
-        p0 = base[0][:, 0] if base is not None else np.zeros(1, dtype=dtype)
+        p0 = base[0][:, 0] if base is not None else np.zeros(self.obj.R, dtype=dtype)  # read only from a base
         if cols is None:
             kernels.rows_at(self.first, self.second, pi, p0, self.totals, self.wins, base is not None, g)
         else:
-            if base is None:
-                p0 = np.zeros(self.obj.R, dtype=dtype)
             kernels.rows_at_cols(self.first, self.second, pi, p0, self.totals, self.wins, base is not None,
                                  np.asarray(cols, dtype=np.int64), g)
         return g

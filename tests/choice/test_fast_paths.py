@@ -676,7 +676,7 @@ def test_compiled_passes_equal_the_definition_and_numpy(monkeypatch, ties, wide)
         draws = [d.astype(np.uint16) * 40 for d in draws]
     rounds = model._compact_rounds(obj, model._counts(pairs, *(draws if ties == "half" else draws[:2] + [0.0]), 0.0), order)
     assert rounds.totals.dtype == {(False, "drop"): np.uint8, (False, "half"): np.uint16, (True, "half"): np.uint32}[wide, ties]
-    assert kernels.NUMBA and rounds._compiled(np.float32)
+    assert kernels.NUMBA and rounds._compiled()
     called = {"numpy": 0}
     numpy_sums = solvers.PlainRounds._numpy_sums
 
