@@ -570,6 +570,7 @@ def _assemble(events: pl.DataFrame, prompts: pl.DataFrame, responses: pl.DataFra
 
 
 TEXT_COLUMNS = ("prompt", "response_a", "response_b")
+SPLICED_KEYS = ("prompt", "response")  # dictionaries of _assemble_for_file whose pages parquet_parts makes
 FILE_ORDER = ["created_at", "comparison_id"]  # the rows' order in a version's file, and in its hash
 
 
@@ -614,11 +615,14 @@ def _assemble_for_file(events: pl.DataFrame, prompts: pl.DataFrame, responses: p
     distinct_of: dict[str, tuple[pl.Series | None, Any]] = {}  # response texts and models serve two columns each
 
     def dictionary(indices: pl.Series, values: pl.Series, key: str) -> Any:
-        """``values[indices]`` as a dictionary array. Parquet takes a dictionary of distinct
-        values without nulls (else it writes the column plain): the same text from two models
-        is two responses, and a null category gets a null index."""
+        """``values[indices]`` as a dictionary array. Arrow's writer takes a dictionary of
+        distinct values without nulls (else it writes the column plain): the same text from two
+        models is two responses, and a null category gets a null index. The texts of
+        :data:`SPLICED_KEYS` are taken as they are (repeats too): their dictionary pages are
+        made by :func:`workbench.parquet_parts.plain_dictionary_page`, and a Parquet
+        dictionary may repeat a value."""
         if key not in distinct_of:
-            if values.null_count() == 0 and _all_distinct(values):
+            if values.null_count() == 0 and (key in SPLICED_KEYS or _all_distinct(values)):
                 arrow = response_texts if key == "response" and response_texts is not None else None
                 distinct_of[key] = (None, arrow if arrow is not None else texts(values))
             else:
@@ -831,14 +835,18 @@ PARTS_FROM_ROWS = 100_000  # smaller tables are written by one writer (a part co
 def _write_version_file_in_parts(table: Any, path: str | os.PathLike, n_parts: int | None = None) -> str:
     """:func:`write_version_file` with the columns shared among ``n_parts`` writers (one per
     core, from :data:`PARTS_FROM_ROWS` rows), joined into one file (see
-    :mod:`workbench.parquet_parts`); returns the file's SHA-256."""
+    :mod:`workbench.parquet_parts`); returns the file's SHA-256. The dictionary pages of the
+    texts and ids (the prompts', and the responses', which both response columns share) are
+    made once each, beside the writers, and put in the file in place of the writers' own."""
     from .parquet_parts import footer_of, write_in_parts
     from .store import file_sha256
 
     table = table.to_arrow() if isinstance(table, pl.DataFrame) else table
     if n_parts is None:
         n_parts = WRITE_PARTS if table.num_rows >= PARTS_FROM_ROWS else 1
-    write_in_parts(table, path, write_version_file, n_parts, lambda: footer_of(_empty_file(table.schema))[0])
+    splice = {c: ("zstd", 1) if c in ZSTD_COLUMNS else ("lz4", None)  # as write_version_file compresses them
+              for c in table.column_names if c not in STATISTICS_COLUMNS}  # (a stand-in's values would make the statistics)
+    write_in_parts(table, path, write_version_file, n_parts, lambda: footer_of(_empty_file(table.schema))[0], splice)
     return file_sha256(path)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import random
+import re
 import subprocess
 import sys
 
@@ -79,12 +80,9 @@ def _parts(table: pa.Table, groups: list[list[str]], tmp_path) -> list[str]:
 
 def _join(table: pa.Table, groups: list[list[str]], tmp_path, out: str = "joined.parquet") -> str:
     paths = _parts(table, groups, tmp_path)
-    ranges, footer = P.join_parts([P.file_footer(p) for p in paths], _whole(table))
+    pieces, footer = P.join_parts([P.file_footer(p) for p in paths], _whole(table))
     dest = str(tmp_path / out)
-    with open(dest, "wb") as f:
-        for p, (a, b) in zip(paths, ranges):
-            f.write(open(p, "rb").read()[a:b])
-        f.write(footer)
+    P.write_joined(dest, pieces, footer, paths)
     return dest
 
 
@@ -287,3 +285,203 @@ def test_a_snapshot_does_not_import_pandas(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------------------------
+# Dictionary pages made here (spliced in place of a stand-in's)
+# --------------------------------------------------------------------------------------------
+
+def _plain_reference(values: list) -> bytes:
+    """PLAIN encoding of byte-array values, written out value by value (Parquet's spec)."""
+    out = bytearray()
+    for v in values:
+        b = v.encode() if isinstance(v, str) else v
+        out += len(b).to_bytes(4, "little") + b
+    return bytes(out)
+
+
+DICTIONARY_VALUES = ["", "a", "é ü ✓ 日本", "word " * 300, "x" * 5000, *(f"value {i}" for i in range(200))]
+
+
+@pytest.mark.parametrize("compression, arrow_codec", [
+    ("zstd", "zstd"), ("lz4", "lz4_raw"), ("snappy", "snappy"), ("gzip", "gzip"), ("brotli", "brotli"), ("none", None),
+])
+@pytest.mark.parametrize("frame_bytes", [64, 1 << 20])
+@pytest.mark.parametrize("value_type", [pa.string(), pa.large_string(), pa.binary(), pa.large_binary()])
+def test_a_dictionary_page_made_here_is_the_plain_encoding_compressed(compression, arrow_codec, frame_bytes, value_type):
+    values = DICTIONARY_VALUES if value_type in (pa.string(), pa.large_string()) else [v.encode() for v in DICTIONARY_VALUES]
+    array = pa.array(values, value_type).slice(1)  # an offset into the buffers, too
+    page = P.plain_dictionary_page(array, compression, None, frame_bytes=frame_bytes)
+    expected = _plain_reference(values[1:])
+    assert page.num_values == len(values) - 1 and page.uncompressed_size == len(expected)
+    assert page.codec == P.CODECS[compression][0]
+    body = b"".join(bytes(memoryview(b)) for b in page.body)
+    assert page.compressed_size == len(body)
+    if arrow_codec is None:
+        assert body == expected
+    else:
+        assert pa.Codec(arrow_codec).decompress(body, decompressed_size=len(expected)).to_pybytes() == expected
+    if compression == "zstd":
+        # frames of at least frame_bytes plain bytes each (the last one less), one value at least
+        assert len(page.body) == 1 if frame_bytes > len(expected) else 1 < len(page.body) <= len(expected) // frame_bytes + 1
+    else:
+        assert len(page.body) == 1
+
+
+def test_a_dictionary_page_refuses_what_it_cannot_hold():
+    with pytest.raises(ValueError, match="no nulls"):
+        P.plain_dictionary_page(pa.array(["a", None]))
+    with pytest.raises(TypeError, match="text or binary"):
+        P.plain_dictionary_page(pa.array([1, 2]))
+    with pytest.raises(ValueError, match="unknown compression"):
+        P.plain_dictionary_page(pa.array(["a"]), "lzo")
+    empty = P.plain_dictionary_page(pa.array([], pa.string()), "zstd")
+    assert (empty.num_values, empty.uncompressed_size, len(empty.body)) == (0, 0, 1)
+
+
+TEXT_SPLICE = {"response_a": ("zstd", 1), "response_b": ("zstd", 1)}  # as write_version_file compresses them
+
+
+def test_a_file_with_pages_made_here_is_byte_for_byte_the_file_written_whole(tmp_path):
+    """One part, pages of one zstd frame or one LZ4 block: the very bytes Arrow's writer
+    writes, footer included."""
+    table = _table()
+    ids = pa.array([f"r{i:06d}" for i in range(200)], pa.large_string())
+    for name in ("response_a_id", "response_b_id"):  # ids over one dictionary, as the responses
+        table = table.append_column(name, pa.DictionaryArray.from_arrays(table.column(name[:-3]).chunk(0).indices, ids))
+    splice = {**TEXT_SPLICE, "response_a_id": ("lz4", None), "response_b_id": ("lz4", None)}
+    whole, spliced = tmp_path / "whole.parquet", tmp_path / "spliced.parquet"
+    versions.write_version_file(table, whole)
+    P.write_in_parts(table, spliced, versions.write_version_file, 1, lambda: _whole(table), splice)
+    assert P._get(_raw_chunks(whole)[(b"response_b_id",)], P.CMD_CODEC) == P.CODECS["lz4"][0]  # LZ4_RAW
+    assert spliced.read_bytes() == whole.read_bytes()
+    assert sorted(os.listdir(tmp_path)) == ["spliced.parquet", "whole.parquet"]
+
+
+def _raw_chunks(path) -> dict:
+    """Each column chunk's ColumnMetaData as decoded, offsets left out."""
+    meta, _ = P.file_footer(path)
+    out = {}
+    for chunk in P._get(P._get(meta, P.FMD_ROW_GROUPS)[1][0], P.RG_COLUMNS)[1]:
+        md = P._get(chunk, P.CC_META_DATA)
+        out[P._path(chunk)] = [x for x in md if x[0] not in (P.CMD_DATA_PAGE_OFFSET, P.CMD_DICTIONARY_PAGE_OFFSET)]
+    return out
+
+
+@pytest.mark.parametrize("n_parts", [1, 2, 3, 11])
+def test_pages_made_here_in_many_frames_read_as_the_file_written_whole(tmp_path, monkeypatch, n_parts):
+    monkeypatch.setattr(P, "FRAME_BYTES", 512)  # many frames per page
+    calls = []
+    make = P.plain_dictionary_page
+    monkeypatch.setattr(P, "plain_dictionary_page", lambda *a, **k: calls.append(a[0]) or make(*a, **k))
+    table = _table()
+    whole, spliced = tmp_path / "whole.parquet", tmp_path / "spliced.parquet"
+    versions.write_version_file(table, whole)
+    P.write_in_parts(table, spliced, versions.write_version_file, n_parts, lambda: _whole(table), TEXT_SPLICE)
+    assert len(calls) == 1  # two columns over one dictionary: one page
+    assert pq.read_table(spliced).equals(pq.read_table(whole))
+    assert pl.read_parquet(spliced).equals(pl.read_parquet(whole))  # a second, independent reader (its own zstd)
+    raw_spliced, raw_whole = _raw_chunks(spliced), _raw_chunks(whole)
+    for path in raw_whole:
+        if path in ((b"response_a",), (b"response_b",)):
+            # the same fields, values and size statistics; only the compressed size differs (frames)
+            strip = lambda md: [x for x in md if x[0] != P.CMD_TOTAL_COMPRESSED]  # noqa: E731
+            assert strip(raw_spliced[path]) == strip(raw_whole[path])
+        else:
+            assert raw_spliced[path] == raw_whole[path]
+    rg_s, rg_w = pq.read_metadata(spliced).row_group(0), pq.read_metadata(whole).row_group(0)
+    assert rg_s.total_byte_size == rg_w.total_byte_size
+    assert sorted(os.listdir(tmp_path)) == ["spliced.parquet", "whole.parquet"]
+
+
+def test_a_dictionary_with_repeats_and_rows_without_a_value_splice_right(tmp_path):
+    """Arrow's writer writes a dictionary with repeated values plain; a page made here keeps the
+    dictionary as it is (Parquet allows repeats), and the rows read the same."""
+    texts = pa.array(["same", "other", "same", "é" * 100], pa.large_string())
+    indices = pa.array([0, 1, None, 2, 3, 2, None, 0] * 50, pa.int32())
+    table = pa.table({
+        "response_a": pa.DictionaryArray.from_arrays(indices, texts),
+        "response_b": pa.DictionaryArray.from_arrays(pa.array([3, 2, 1, 0] * 100, pa.int8()), texts),
+        "n": pa.array(range(400), pa.int64()),
+    })
+    whole, spliced = tmp_path / "whole.parquet", tmp_path / "spliced.parquet"
+    versions.write_version_file(table, whole)
+    P.write_in_parts(table, spliced, versions.write_version_file, 2, lambda: _whole(table), TEXT_SPLICE)
+    dense = table.cast(pa.schema([("response_a", pa.large_string()), ("response_b", pa.large_string()), ("n", pa.int64())]))
+    for path in (whole, spliced):
+        got = pq.read_table(path)
+        assert got.cast(dense.schema).equals(dense)
+        assert pl.read_parquet(path)["response_a"].to_list() == dense.column("response_a").to_pylist()
+    enc = {pq.read_metadata(p).row_group(0).column(0).encodings for p in (whole, spliced)}
+    assert any("RLE_DICTIONARY" in e for e in enc)  # the spliced file kept the dictionary
+    # the size statistic counts each row's value (nulls none)
+    expected = sum(len(v.encode()) for v in dense.column("response_a").to_pylist() if v is not None)
+    assert P._unencoded_bytes(table.column("response_a").chunk(0)) == expected
+
+
+def test_what_cannot_be_spliced_is_written_by_arrow(tmp_path):
+    nulls = pa.DictionaryArray.from_arrays(pa.array([0, 1], pa.int32()), pa.array(["a", None]))
+    numbers = pa.DictionaryArray.from_arrays(pa.array([0, 1], pa.int32()), pa.array([1, 2]))
+    empty = pa.DictionaryArray.from_arrays(pa.array([None, None], pa.int32()), pa.array([], pa.string()))
+    plain = pa.array(["a", "b"])
+    for column in (nulls, numbers, empty, plain):
+        assert not P.spliceable(pa.chunked_array([column]))
+    assert P.spliceable(pa.chunked_array([pa.DictionaryArray.from_arrays(pa.array([0, 0], pa.int32()), pa.array(["a"]))]))
+    assert not P.spliceable(pa.chunked_array([pa.DictionaryArray.from_arrays(pa.array([0], pa.int32()), pa.array(["a"]))] * 2))
+
+
+def _spy_whole_writes(monkeypatch):
+    calls = []
+    real = P.join_parts
+
+    def join(*a, **k):
+        try:
+            return real(*a, **k)
+        except P.ParquetPartsError as exc:
+            calls.append(str(exc))
+            raise
+    monkeypatch.setattr(P, "join_parts", join)
+    return calls
+
+
+@pytest.mark.parametrize("case, match", [
+    ("statistics", "has statistics"),
+    ("codec", "compressed with codec"),
+    ("page fails", "could not be made"),
+])
+def test_a_splice_that_does_not_fit_falls_back_to_the_file_written_whole(tmp_path, monkeypatch, case, match):
+    table = _table(500)
+    write, splice = versions.write_version_file, dict(TEXT_SPLICE)
+    if case == "statistics":
+        def write(t, path):
+            pq.write_table(t, path, compression="zstd", compression_level=1, store_schema=False)  # statistics on every column
+    elif case == "codec":
+        splice = {"response_a": ("lz4", None)}
+    else:
+        monkeypatch.setattr(P, "plain_dictionary_page", lambda *a, **k: (_ for _ in ()).throw(MemoryError("no room")))
+    refused = _spy_whole_writes(monkeypatch)
+    path = tmp_path / "v.parquet"
+    P.write_in_parts(table, path, write, 2, lambda: _whole(table), splice)
+    assert refused and re.search(match, refused[0])
+    assert pq.read_table(path).equals(table.cast(pq.read_table(path).schema))
+    assert sorted(os.listdir(tmp_path)) == ["v.parquet"]
+
+
+def test_a_snapshot_makes_one_page_per_dictionary(tmp_path, monkeypatch):
+    """Four pages: the prompts' texts and ids, the responses' texts and ids (each of the last
+    two serves both response columns)."""
+    from test_snapshot_paths import _with_history
+
+    store = workbench.open(str(tmp_path / "wb.db"), files_dir=tmp_path / "files")
+    _with_history(store)
+    made = []
+    make = P.plain_dictionary_page
+    monkeypatch.setattr(P, "plain_dictionary_page", lambda values, *a, **k: made.append(len(values)) or make(values, *a, **k))
+    v = store.snapshot("v")
+    assert sorted(made) == sorted([v.stats["prompts"]] * 2 + [v.stats["responses"]] * 2)
+    meta = pq.read_metadata(v.path).row_group(0)
+    names = [meta.column(i).path_in_schema for i in range(meta.num_columns)]
+    for name in ("prompt_id", "prompt", "response_a_id", "response_a", "response_b_id", "response_b"):
+        assert "RLE_DICTIONARY" in meta.column(names.index(name)).encodings
+    v.verify(deep=True)
+    store.close()
