@@ -377,7 +377,7 @@ def plain_dictionary_page(values: Any, compression: str = "zstd", level: int | N
         piece = joined.buffers()[2].slice(int(jo[0]), int(jo[-1] - jo[0]))
         plain.append(piece)
         if compressor is not None and frames:
-            body.append(compressor.compress(piece))
+            body.append(compressor.compress(piece, asbytes=True))  # as bytes: Arrow's buffer has the bound's size (4 MiB), not the frame's
         lo = hi
     if compressor is None:
         body = plain
