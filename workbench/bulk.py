@@ -8,6 +8,7 @@ and one ``INSERT ... SELECT`` per table, ``COPY`` on PostgreSQL), with a DBAPI f
 from __future__ import annotations
 
 import contextlib
+import datetime
 import io
 import json
 import os
@@ -954,13 +955,17 @@ def write_pipelined(store: "Store", tx: ArrowTransaction, frame: pl.DataFrame, r
 
     def prepare() -> None:
         try:
-            for part in parts:
+            for k, part in enumerate(parts):
                 if stop.is_set():
                     return
                 prepared = attach_ids(part)
                 if rejected_lines.len():
                     prepared = prepared.filter(~pl.col("line").is_in(rejected_lines.implode()))
-                tables = {name: SqliteRows.of(t, materialize=True) for name, t in import_tables(prepared, import_id, now).items()}
+                # Chunk k's rows are recorded a microsecond after chunk k-1's: each chunk's events
+                # go in comparison-id order, so the events then lie in a version's file order
+                # (created_at, comparison_id) and a snapshot need not sort them.
+                at = now + datetime.timedelta(microseconds=k)
+                tables = {name: SqliteRows.of(t, materialize=True) for name, t in import_tables(prepared, import_id, at).items()}
                 if not put((prepared, tables)):
                     return
             put(_DONE)

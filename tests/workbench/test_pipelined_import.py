@@ -281,3 +281,30 @@ def test_a_process_killed_between_chunks_leaves_the_store_as_it_was(tmp_path):
     assert _state(again) == before
     assert again.add_comparisons(frame_with_everything(3000, seed=6), chunk_rows=300).labels_added == 3000
     again.close()
+
+
+def test_a_chunked_import_leaves_its_events_in_a_versions_file_order(tmp_path, monkeypatch):
+    """Rows without a time get one per chunk, a microsecond apart, and each chunk's events go in
+    comparison-id order: read in event order they are in a version's file order
+    (created_at, comparison_id), so a snapshot sorts nothing."""
+    from workbench import versions
+
+    store = workbench.open(tmp_path / "wb.db", files_dir=tmp_path / "files")
+    frame = frame_with_everything().drop("created_at")
+    chunks = count_chunks(monkeypatch)
+    store.add_comparisons(frame, chunk_rows=300)
+    assert len(chunks) >= 5
+    events = store.events().sort("event_id")
+    stamps = events["created_at"].unique().sort()
+    assert len(stamps) == len(chunks)
+    assert stamps.diff().drop_nulls().to_list() == [dt.timedelta(microseconds=1)] * (len(chunks) - 1)
+    assert versions._in_file_order(events)
+    sorts = []
+    real = versions._file_order
+    monkeypatch.setattr(versions, "_file_order", lambda f: sorts.append(f.height) or real(f))
+    v = store.snapshot("v")
+    assert sorts == []
+    rows = v.to_polars()
+    assert rows.equals(rows.sort("created_at", "comparison_id")) and rows.height == frame.height
+    v.verify(deep=True)
+    store.close()
