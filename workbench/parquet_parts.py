@@ -319,13 +319,19 @@ class DictionaryPage:
         return sum(memoryview(b).nbytes for b in self.body)
 
 
+def _byte_array_type(t: Any) -> bool:
+    """Whether Arrow values of type ``t`` are Parquet byte arrays a page made here can hold."""
+    import pyarrow as pa
+
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)
+
+
 def _binary_values(values: Any) -> tuple[Any, Any]:
     """``values`` as a large binary array (no copy of the bytes) and its offsets (numpy)."""
     import numpy as np
     import pyarrow as pa
 
-    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
-            or pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type)):
+    if not _byte_array_type(values.type):
         raise TypeError(f"a dictionary page made here holds text or binary values, not {values.type}")
     values = values.cast(pa.large_binary())
     offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset:values.offset + len(values) + 1]
@@ -405,16 +411,14 @@ def _page_of(splice: Splice, name: str) -> DictionaryPage:
         raise ParquetPartsError(f"column {name}: its dictionary page could not be made ({exc})") from exc
 
 
-def _spliced(chunk: Struct, splice: Splice, head: bytes, start: int) -> tuple[Struct, bytes, int, int, int]:
+def _spliced(chunk: Struct, splice: Splice, head: bytes, start: int) -> tuple[Struct, list, int, int, int]:
     """The chunk with its dictionary page replaced by ``splice.page``, starting at ``start``
     (``head``: the part's bytes from the chunk's start, at least its page header). Returns the
-    chunk, the new page header, where the stand-in's data pages start in the part, and the
-    changes of the chunk's uncompressed and compressed sizes."""
+    chunk, the new page (its header and body, to write), where the stand-in's data pages start
+    in the part, and the changes of the chunk's uncompressed and compressed sizes."""
     meta = _get(chunk, CC_META_DATA)
     name = b".".join(_path(chunk)).decode()
     page = _page_of(splice, name)
-    if any(fid in _PAGE_INDEX for fid, _, _ in chunk):
-        raise ParquetPartsError("a part has a page index, whose page offsets cannot be moved")
     if _get(meta, CMD_STATISTICS) is not None:
         raise ParquetPartsError(f"column {name} has statistics, which its stand-in's values made")
     dictionary, data = _get(meta, CMD_DICTIONARY_PAGE_OFFSET), _get(meta, CMD_DATA_PAGE_OFFSET)
@@ -443,26 +447,23 @@ def _spliced(chunk: Struct, splice: Splice, head: bytes, start: int) -> tuple[St
     new_header = encode_struct(new)
     du = (len(new_header) + page.uncompressed_size) - (size + _get(header, PH_UNCOMPRESSED))
     dc = (len(new_header) + page.compressed_size) - (data - dictionary)
+    moved = _moved(chunk, start - dictionary)  # the dictionary page's offset, and the chunk's own, to start
     fields = []
-    for fid, t, v in meta:
+    for fid, t, v in _get(moved, CC_META_DATA):
         if fid == CMD_TOTAL_UNCOMPRESSED:
             v += du
         elif fid == CMD_TOTAL_COMPRESSED:
             v += dc
-        elif fid == CMD_DICTIONARY_PAGE_OFFSET:
-            v = start
         elif fid == CMD_DATA_PAGE_OFFSET:
             v = start + len(new_header) + page.compressed_size
-        elif fid in _META_OFFSETS and t == I64 and v > 0:
+        elif fid in _META_OFFSETS and fid != CMD_DICTIONARY_PAGE_OFFSET and t == I64 and v > 0:
             raise ParquetPartsError(f"column {name} has an index page or a bloom filter")
         elif fid == CMD_SIZE_STATISTICS and _get(v, SIZE_UNENCODED_BYTES) is not None:
             if splice.unencoded_bytes is None:
                 raise ParquetPartsError(f"column {name}: its size statistics need the values' byte count")
             v = _set(v, SIZE_UNENCODED_BYTES, I64, splice.unencoded_bytes)
         fields.append((fid, t, v))
-    out = [(fid, t, fields if fid == CC_META_DATA else (v + start - dictionary if fid in _CHUNK_OFFSETS and t == I64 and v > 0 else v))
-           for fid, t, v in chunk]
-    return out, new_header, data, du, dc
+    return _set(moved, CC_META_DATA, STRUCT, fields), [new_header, *page.body], data, du, dc
 
 
 Piece = Union[tuple, Any]  # (part, start, end): those bytes of a part; else a buffer written as it is
@@ -514,8 +515,8 @@ def join_parts(footers: Sequence[tuple[Struct, int]], whole: Struct, splices: di
             splice = splices.get(b".".join(path).decode()) if len(path) == 1 else None
             if splice is not None:
                 head = read(k, start, min(PAGE_HEADER_MAX, end - start))
-                chunks[path], header, data, du, dc = _spliced(chunk, splice, head, pos)
-                pieces += [header, *_page_of(splice, "").body, (k, data, end)]
+                chunks[path], page, data, du, dc = _spliced(chunk, splice, head, pos)
+                pieces += [*page, (k, data, end)]
                 total_bytes += du
                 total_compressed += dc
                 pos += end - start + dc
@@ -614,10 +615,7 @@ def spliceable(column: Any) -> bool:
     if not pa.types.is_dictionary(column.type) or column.num_chunks != 1 or len(column) == 0:
         return False
     dictionary = column.chunk(0).dictionary
-    t = dictionary.type
-    if len(dictionary) == 0:
-        return False
-    if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)):
+    if len(dictionary) == 0 or not _byte_array_type(dictionary.type):
         return False
     return dictionary.null_count == 0 and plain_size(dictionary) < SPLICE_LIMIT
 
