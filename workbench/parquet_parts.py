@@ -381,9 +381,11 @@ def plain_dictionary_page(values: Any, compression: str = "zstd", level: int | N
         joined = pc.binary_join_element_wise(prefix, values.slice(lo, hi - lo), empty)
         jo = np.frombuffer(joined.buffers()[1], dtype=np.int64)[joined.offset:joined.offset + len(joined) + 1]
         piece = joined.buffers()[2].slice(int(jo[0]), int(jo[-1] - jo[0]))
-        plain.append(piece)
-        if compressor is not None and frames:
+        if compressor is not None and frames:  # the frame's plain bytes are let go at once (a page's worth of memory)
             body.append(compressor.compress(piece, asbytes=True))  # as bytes: Arrow's buffer has the bound's size (4 MiB), not the frame's
+        else:
+            plain.append(piece)
+        del joined, piece
         lo = hi
     if compressor is None:
         body = plain
@@ -625,9 +627,15 @@ def _dictionary_key(array: Any) -> tuple:
     return (len(array), array.offset, *(b.address if b is not None else 0 for b in array.buffers()))
 
 
+def page_key(values: Any, compression: str, level: int | None) -> tuple:
+    """What identifies a dictionary page: the memory of its values, and how it is compressed."""
+    return (_dictionary_key(values), compression, level)
+
+
 def write_in_parts(
     table: Any, path: str | os.PathLike, write: Callable[[Any, Any], None], n_parts: int,
     whole: Callable[[], Struct], splice: dict[str, tuple[str, int | None]] | None = None,
+    pages: dict[tuple, Any] | None = None,
 ) -> None:
     """Write ``table`` (Arrow) to ``path`` as one Parquet file, its columns written by
     ``n_parts`` writers at once (``write(sub_table, file_path)``, each on a thread of its own).
@@ -635,7 +643,10 @@ def write_in_parts(
     ``splice``: column name -> (compression, level) as ``write`` compresses that column; each
     such column that is :func:`spliceable` gets its dictionary page made here (one page for the
     columns over one dictionary, made on a thread beside the writers) and is given to its
-    writer with a stand-in dictionary (see the module's text).
+    writer with a stand-in dictionary (see the module's text). ``pages``: pages begun before
+    the call, ``page_key(dictionary, compression, level) ->`` a :class:`DictionaryPage` or a
+    future of one; a splice column over that very dictionary (the same memory) takes it
+    instead of making its own.
 
     The parts are written to files beside ``path``; then their column chunks (and the pages
     made here) are copied into ``path`` (a copy inside the kernel), and the joined footer after
@@ -653,17 +664,17 @@ def write_in_parts(
     paths = [f"{path}.part{k}" for k in range(len(groups))]
     try:
         with ThreadPoolExecutor(max_workers=len(groups) + 1, thread_name_prefix="wb-parquet") as pool:
-            pages: dict[tuple, Any] = {}
+            made: dict[tuple, Any] = {}
             stand_ins: dict[tuple, Any] = {}
             splices: dict[str, Splice] = {}
             columns = {}
             for c, (compression, level) in spliced.items():
                 array = table.column(c).chunk(0)
-                key = (_dictionary_key(array.dictionary), compression, level)
-                if key not in pages:
-                    pages[key] = pool.submit(plain_dictionary_page, array.dictionary, compression, level)
+                key = page_key(array.dictionary, compression, level)
+                if key not in made:
+                    made[key] = (pages or {}).get(key) or pool.submit(plain_dictionary_page, array.dictionary, compression, level)
                     stand_ins[key] = _stand_in(len(array.dictionary), array.dictionary.type)
-                splices[c] = Splice(pages[key], _unencoded_bytes(array))
+                splices[c] = Splice(made[key], _unencoded_bytes(array))
                 columns[c] = pa.DictionaryArray.from_arrays(array.indices, stand_ins[key])
             parts = [
                 pa.table([columns.get(c, table.column(c)) for c in g], names=g) for g in groups

@@ -271,6 +271,12 @@ class _SqliteFetchers:
         self._jobs.put((fn, fut))
         return fut
 
+    def submit_read(self, query: Any) -> Any:
+        """``query.fetch`` (a :class:`workbench.bulk.ColumnQuery`) on a worker; :func:`_taken`
+        hands its row over once, so that the future does not keep the row's bytes alive after
+        they are parsed (a read's texts are the largest part of a snapshot's memory)."""
+        return self.submit(lambda cursor: [query.fetch(cursor)])
+
     def close(self) -> None:
         """Let the workers finish what was submitted, and stop them (a second call does nothing)."""
         if self._closed:
@@ -299,6 +305,11 @@ class _SqliteFetchers:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _taken(fut: Any) -> tuple:
+    """The row of a :meth:`_SqliteFetchers.submit_read` future, taken out of it (once)."""
+    return fut.result().pop()
 
 
 def _event_query(lo: int, hi: int) -> Any:
@@ -359,7 +370,7 @@ def _submit_events(fetch: "_SqliteFetchers", watermark: int) -> list[tuple[int, 
     for lo in range(0, watermark, EVENT_CHUNK):
         hi = min(lo + EVENT_CHUNK, watermark)
         q = _event_query(lo, hi)
-        jobs.append((lo, hi, q, fetch.submit(q.fetch)))
+        jobs.append((lo, hi, q, fetch.submit_read(q)))
     return jobs
 
 
@@ -372,7 +383,7 @@ def _sqlite_events(tx: Any, fetch: "_SqliteFetchers", jobs: list[tuple[int, int,
     parsed: list[Any] = []
     for lo, hi, q, fut in jobs:
         try:
-            frame, (n_strength, first, last) = q.parse(fut.result())
+            frame, (n_strength, first, last) = q.parse(_taken(fut))
             if frame.height and (frame.height != hi - lo or first != lo + 1 or last != hi):
                 raise ColumnReadError(f"events {lo + 1}..{hi}: {frame.height} rows (ids {first}..{last})")
             frame = frame.with_columns(pl.int_range(lo + 1, lo + 1 + frame.height, dtype=pl.Int64).alias("event_id"))
@@ -448,7 +459,7 @@ def _submit_text_scans(fetch: "_SqliteFetchers", extents: dict[str, int]) -> dic
         jobs[table] = []
         for lo in range(0, extents[table], step):
             q = ColumnQuery(f"FROM {table} AS {alias} WHERE {alias}.rowid > ? AND {alias}.rowid <= ?", (lo, lo + step), columns)
-            jobs[table].append((q, fetch.submit(q.fetch)))
+            jobs[table].append((q, fetch.submit_read(q)))
     return jobs
 
 
@@ -459,15 +470,23 @@ def _text_frames(table: str, jobs: list[tuple[Any, Any]]) -> tuple[pl.DataFrame,
     schema = _TEXT_TABLES[table][3]
     frames, arrays = [], []
     for q, fut in jobs:
-        frame, _, arrow = q.parse(fut.result(), keep_arrow=True)
+        frame, _, arrow = q.parse(_taken(fut), keep_arrow=True)
         frames.append(frame)
         if table == "responses":
             arrays.append(arrow["text"])
-    out = pl.concat(frames) if frames else pl.DataFrame(schema=schema)
-    out = out.select([pl.col(c).cast(t) for c, t in schema.items()])
+        del frame, arrow
     texts = None
     if table == "responses":
-        texts = pa.concat_arrays(arrays) if len(arrays) > 1 else (arrays[0] if arrays else pa.array([], pa.large_string()))
+        if len(arrays) > 1:  # the reads' own texts are let go: the frame's texts are the joined array's
+            texts = pa.concat_arrays(arrays)
+            frames = [f.drop("text") for f in frames]
+            del arrays
+        else:
+            texts = arrays[0] if arrays else pa.array([], pa.large_string())
+    out = pl.concat(frames) if frames else pl.DataFrame(schema=schema)
+    if table == "responses" and "text" not in out.columns:
+        out = out.with_columns(pl.Series("text", texts, dtype=pl.String))
+    out = out.select([pl.col(c).cast(t) for c, t in schema.items()])
     return out, texts
 
 
@@ -515,7 +534,7 @@ def _texts_by_id(fetch: "_SqliteFetchers", prompt_ids: pl.Series, response_ids: 
         for i in range(0, len(keys), TEXT_CHUNK):
             q = ColumnQuery(f"FROM json_each(?) AS j CROSS JOIN {table} AS {alias} ON {alias}.{key} = j.value",
                             (json.dumps(keys[i:i + TEXT_CHUNK]),), columns)
-            jobs[table].append((q, fetch.submit(q.fetch)))
+            jobs[table].append((q, fetch.submit_read(q)))
     (prompts, _), (responses, texts) = _text_frames("prompts", jobs["prompts"]), _text_frames("responses", jobs["responses"])
     if prompts.height != len(prompt_ids) or responses.height != len(response_ids):
         raise ColumnReadError(f"{prompts.height} prompts for {len(prompt_ids)} ids, {responses.height} responses for {len(response_ids)} ids")
@@ -746,17 +765,17 @@ def content_hash_v1(frame: pl.DataFrame) -> str:
     return h.hexdigest()
 
 
-def _canonical_bytes(col: pl.Series) -> list[Any]:
-    import numpy as np
+HASH_BLOCK = 1 << 16  # values of a text column made into canonical bytes at a time
+
+
+def _canonical_bytes(col: pl.Series) -> Any:
+    """The canonical bytes of a column (see :func:`content_hash`), as buffers to hash one after
+    another. A text column's values are copied out of polars' string views
+    :data:`HASH_BLOCK` at a time, into memory that Arrow's allocator hands back for the next
+    block, instead of into one copy of the whole column."""
 
     if col.dtype == pl.String:
-        lengths = col.str.len_bytes().cast(pl.Int64).fill_null(-1).to_numpy().astype("<i8")
-        arr = col.fill_null("").to_arrow(compat_level=pl.CompatLevel.oldest())
-        if arr.type != "large_string":
-            arr = arr.cast("large_string")
-        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
-        data = arr.buffers()[2]
-        return [lengths.tobytes(), memoryview(data)[offsets[0]:offsets[-1]] if data is not None and len(arr) else b""]
+        return _canonical_text(col)
     if isinstance(col.dtype, pl.Datetime):
         values = col.dt.convert_time_zone("UTC").dt.epoch("us") if col.dtype.time_zone else col.dt.epoch("us")
     elif col.dtype == pl.Boolean:
@@ -768,6 +787,24 @@ def _canonical_bytes(col: pl.Series) -> list[Any]:
     mask = col.is_null().cast(pl.UInt8).to_numpy()
     dtype = "<f8" if values.dtype == pl.Float64 else "<i8"
     return [mask.tobytes(), values.fill_null(0).to_numpy().astype(dtype).tobytes()]
+
+
+def _canonical_text(col: pl.Series) -> Any:
+    import numpy as np
+    import pyarrow as pa
+
+    yield col.str.len_bytes().cast(pl.Int64).fill_null(-1).to_numpy().astype("<i8", copy=False)
+    if col.null_count():
+        col = col.fill_null("")
+    for chunk in col.to_frame().to_arrow().column(0).chunks:  # string views, as polars holds them
+        for at in range(0, len(chunk), HASH_BLOCK):
+            block = chunk.slice(at, HASH_BLOCK)
+            if block.type != pa.large_string():
+                block = block.cast(pa.large_string())
+            offsets = np.frombuffer(block.buffers()[1], dtype=np.int64)[block.offset:block.offset + len(block) + 1]
+            data = block.buffers()[2]
+            if data is not None and offsets[-1] > offsets[0]:
+                yield memoryview(data)[offsets[0]:offsets[-1]]
 
 
 STATISTICS_COLUMNS = ["category", "model_a", "model_b", "label", "strength", "annotator_id", "shown_left", "source", "gold", "duration_ms", "created_at"]
@@ -832,21 +869,26 @@ WRITE_PARTS = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_geta
 PARTS_FROM_ROWS = 100_000  # smaller tables are written by one writer (a part costs a few ms)
 
 
-def _write_version_file_in_parts(table: Any, path: str | os.PathLike, n_parts: int | None = None) -> str:
+def _page_compression(column: str) -> tuple[str, int | None]:
+    """How :func:`write_version_file` compresses a top-level column's pages: (codec, level)."""
+    return ("zstd", 1) if column in ZSTD_COLUMNS else ("lz4", None)
+
+
+def _write_version_file_in_parts(table: Any, path: str | os.PathLike, n_parts: int | None = None, pages: dict | None = None) -> str:
     """:func:`write_version_file` with the columns shared among ``n_parts`` writers (one per
     core, from :data:`PARTS_FROM_ROWS` rows), joined into one file (see
     :mod:`workbench.parquet_parts`); returns the file's SHA-256. The dictionary pages of the
     texts and ids (the prompts', and the responses', which both response columns share) are
-    made once each, beside the writers, and put in the file in place of the writers' own."""
+    made once each, beside the writers, and put in the file in place of the writers' own
+    (``pages``: those begun already, see :func:`workbench.parquet_parts.write_in_parts`)."""
     from .parquet_parts import footer_of, write_in_parts
     from .store import file_sha256
 
     table = table.to_arrow() if isinstance(table, pl.DataFrame) else table
     if n_parts is None:
         n_parts = WRITE_PARTS if table.num_rows >= PARTS_FROM_ROWS else 1
-    splice = {c: ("zstd", 1) if c in ZSTD_COLUMNS else ("lz4", None)  # as write_version_file compresses them
-              for c in table.column_names if c not in STATISTICS_COLUMNS}  # (a stand-in's values would make the statistics)
-    write_in_parts(table, path, write_version_file, n_parts, lambda: footer_of(_empty_file(table.schema))[0], splice)
+    splice = {c: _page_compression(c) for c in table.column_names if c not in STATISTICS_COLUMNS}  # (a stand-in's values would make the statistics)
+    write_in_parts(table, path, write_version_file, n_parts, lambda: footer_of(_empty_file(table.schema))[0], splice, pages)
     return file_sha256(path)
 
 
@@ -867,6 +909,62 @@ def frame_stats(frame: pl.DataFrame) -> dict:
     }
 
 
+_TRIM: list = []  # glibc's malloc_trim, once looked up (None where there is none)
+
+
+def release_free_memory() -> None:
+    """Hand the memory that C's allocator (glibc) holds free back to the kernel.
+
+    A snapshot's reads free much of what they allocate (SQLite's aggregate buffers, the rows'
+    bytes once parsed), and glibc keeps it, on the reader threads' arenas, where only glibc's
+    own later allocations can use it; polars and Arrow allocate with allocators of their own,
+    and take fresh pages from the kernel instead. On a virtual machine a page that the host has
+    not backed, or has taken back while it lay free (a balloon's free page reporting), costs
+    some 3 ms per MB on first touch (on this project's benchmark machine), against a tenth of
+    that for a page freed a moment ago. So between the reads and the write the snapshot hands
+    glibc's free pages back, for the other allocators to fault in warm. A no-op where the C
+    library has no ``malloc_trim``."""
+    if not _TRIM:
+        trim = None
+        try:
+            import ctypes
+
+            trim = ctypes.CDLL(None).malloc_trim
+            trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+        except (OSError, AttributeError):
+            trim = None
+        _TRIM.append(trim)
+    if _TRIM[0] is not None:
+        _TRIM[0](0)
+
+
+def _early_pages(parts: _Resolved) -> dict:
+    """The response texts' dictionary page, begun on a thread of its own as soon as the texts
+    are read (for a file written in parts): it is the largest piece of the write, and it is
+    made while the comparisons are assembled, which keeps a core busy for the most part alone.
+    :func:`_assemble_for_file` uses those very texts as the response columns' dictionary, so
+    :func:`workbench.parquet_parts.write_in_parts` takes this page for both columns."""
+    import threading
+    from concurrent.futures import Future
+
+    from .parquet_parts import page_key, plain_dictionary_page
+
+    texts = parts.response_texts
+    if texts is None or parts.events.height < PARTS_FROM_ROWS or texts.null_count or len(texts) == 0:
+        return {}
+    compression, level = _page_compression("response_a")
+    page: Future = Future()
+
+    def make() -> None:
+        try:
+            page.set_result(plain_dictionary_page(texts, compression, level))
+        except BaseException as exc:  # noqa: BLE001  (the writer then makes the file whole)
+            page.set_exception(exc)
+
+    threading.Thread(target=make, name="wb-page", daemon=True).start()
+    return {page_key(texts, compression, level): page}
+
+
 def take_snapshot(
     store: "Store",
     name: str,
@@ -884,9 +982,12 @@ def take_snapshot(
             raise StoreError(f"version name {name!r} is taken; names are never reused")
         parent_row = conn.execute(sa.select(schema.versions.c.name).order_by(schema.versions.c.created_at.desc()).limit(1)).first()
     parts = _read_resolved(store, None, exclude_annotators, sources)
+    release_free_memory()
     events, prompts, responses, watermark = parts.events, parts.prompts, parts.responses, parts.watermark
+    pages = _early_pages(parts)
     if events.height:
         frame, table, stats = _assemble_for_file(events, prompts, responses, parts.response_texts)
+        release_free_memory()
     else:
         frame = table = pl.DataFrame(schema=COMPARISONS_SCHEMA)
         stats = frame_stats(frame)
@@ -901,7 +1002,7 @@ def take_snapshot(
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wb-parquet") as pool:
-            written = pool.submit(_write_version_file_in_parts, table, tmp)
+            written = pool.submit(_write_version_file_in_parts, table, tmp, None, pages)
             try:
                 digest = content_hash(frame)
             finally:

@@ -485,3 +485,98 @@ def test_a_snapshot_makes_one_page_per_dictionary(tmp_path, monkeypatch):
         assert "RLE_DICTIONARY" in meta.column(names.index(name)).encodings
     v.verify(deep=True)
     store.close()
+
+
+def _history_store(tmp_path):
+    from test_snapshot_paths import _with_history
+
+    store = workbench.open(str(tmp_path / "wb.db"), files_dir=tmp_path / "files")
+    _with_history(store)
+    return store
+
+
+def test_the_response_page_begun_before_the_assembly_gives_the_same_file(tmp_path, monkeypatch):
+    """The responses' page is begun as soon as the texts are read (for a file in parts); the
+    writer takes it for both response columns instead of making it again, and the file is
+    byte for byte the file whose pages are all made beside the writers."""
+    store = _history_store(tmp_path)
+    monkeypatch.setattr(versions, "PARTS_FROM_ROWS", 1)
+    monkeypatch.setattr(versions, "WRITE_PARTS", 3)
+    made = []
+    make = P.plain_dictionary_page
+    monkeypatch.setattr(P, "plain_dictionary_page", lambda values, *a, **k: made.append(len(values)) or make(values, *a, **k))
+    begun = []
+    early = versions._early_pages
+    monkeypatch.setattr(versions, "_early_pages", lambda parts: begun.append(early(parts)) or begun[-1])
+    v = store.snapshot("early")
+    assert len(begun) == 1 and len(begun[0]) == 1  # one page begun early: the response texts'
+    assert sorted(made) == sorted([v.stats["prompts"]] * 2 + [v.stats["responses"]] * 2)  # and not made again
+    monkeypatch.setattr(versions, "_early_pages", lambda parts: {})
+    late = store.snapshot("late")
+    assert (late.hash, late.file_sha256) == (v.hash, v.file_sha256)
+    assert open(late.path, "rb").read() == open(v.path, "rb").read()
+    v.verify(deep=True)
+    store.close()
+
+
+def test_a_response_page_that_fails_early_leaves_the_file_written_whole(tmp_path, monkeypatch):
+    store = _history_store(tmp_path)
+    monkeypatch.setattr(versions, "PARTS_FROM_ROWS", 1)
+    monkeypatch.setattr(versions, "WRITE_PARTS", 3)
+    whole = store.snapshot("whole")
+    make = P.plain_dictionary_page
+    calls = []
+
+    def failing_first(values, *a, **k):
+        calls.append(len(values))
+        if len(calls) == 1:  # the early page
+            raise MemoryError("no room for the page")
+        return make(values, *a, **k)
+
+    monkeypatch.setattr(P, "plain_dictionary_page", failing_first)
+    v = store.snapshot("after-a-failed-page")
+    assert v.hash == whole.hash and v.to_polars().equals(whole.to_polars())
+    v.verify(deep=True)
+    assert sorted(os.listdir(tmp_path / "files" / "versions")) == sorted([os.path.basename(whole.path), os.path.basename(v.path)])
+    store.close()
+
+
+def test_a_snapshots_reads_hand_their_rows_over_once(tmp_path):
+    """The futures of the column-wise reads give their row up when it is taken, so that the
+    texts' bytes live only as long as the arrays made of them."""
+    from workbench.bulk import transaction
+
+    store = _history_store(tmp_path)
+    with transaction(store, write=False) as tx:
+        with versions._SqliteFetchers(store, tx) as fetch:
+            jobs = versions._submit_text_scans(fetch, {"prompts": 10, "responses": 10})
+            frame, texts = versions._text_frames("responses", jobs["responses"])
+            assert all(fut.result() == [] for _, fut in jobs["responses"])
+    assert frame["text"].to_list() == texts.to_pylist() and frame.height == len(texts) > 0
+    store.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's")
+def test_release_free_memory_hands_glibcs_free_pages_back():
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "malloc_trim"):
+        pytest.skip("this C library has no malloc_trim")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    blocks = [libc.malloc(64 << 10) for _ in range(3000)]  # 190 MB below the mmap threshold: the heap
+    for b in blocks:
+        ctypes.memset(b, 1, 64 << 10)
+    for b in blocks[:-1]:  # the last block holds the heap's top: glibc keeps the rest as free chunks
+        libc.free(b)
+    held = rss()
+    versions.release_free_memory()
+    assert held - rss() > 100 << 20
+    libc.free(blocks[-1])
+    versions.release_free_memory()  # twice is fine

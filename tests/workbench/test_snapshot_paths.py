@@ -8,6 +8,7 @@ responses tables.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import polars as pl
@@ -174,3 +175,48 @@ def test_bulk_digests_equal_the_single_row_ids():
     assert ids.digest_series(pl.Series(keys), "r").to_list() == ["r" + ids._digest(k) for k in keys]
     assert ids.digest_keys(keys, "c") == ["c" + ids._digest(k) for k in keys]
     assert ids.digest_series(pl.Series([f"p{ids.SEP}m{ids.SEP}t"]), "r").item() == ids.response_id_of("p", "t", "m")
+
+
+def _hash_by_definition(frame: pl.DataFrame) -> str:
+    """The content hash written out value by value from its definition (no polars or Arrow
+    buffers): rows by (created_at, comparison_id); per column its name, then for a text the
+    byte length of each value (-1 for null) and the values' bytes, for a number, time or flag a
+    null byte per row and each value as a little-endian 64-bit number (null as 0)."""
+    import hashlib
+    import struct
+
+    rows = sorted(frame.select(HASH_COLUMNS).iter_rows(named=True), key=lambda r: (r["created_at"], r["comparison_id"]))
+    h = hashlib.sha256(b"workbench-comparisons-v2\n" + len(rows).to_bytes(8, "little"))
+    for name in HASH_COLUMNS:
+        h.update(name.encode() + b"\n")
+        values = [r[name] for r in rows]
+        dtype = frame.schema[name]
+        if dtype == pl.String:
+            h.update(b"".join(struct.pack("<q", -1 if v is None else len(v.encode())) for v in values))
+            h.update(b"".join(v.encode() for v in values if v is not None))
+            continue
+        h.update(bytes(v is None for v in values))
+        if dtype == pl.Float64:
+            h.update(b"".join(struct.pack("<d", 0.0 if v is None else v + 0.0) for v in values))
+        elif isinstance(dtype, pl.Datetime):
+            epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+            h.update(b"".join(struct.pack("<q", 0 if v is None else (v - epoch) // dt.timedelta(microseconds=1)) for v in values))
+        else:
+            h.update(b"".join(struct.pack("<q", 0 if v is None else int(v)) for v in values))
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("block", [1, 3, 64, 1 << 16])
+def test_the_hash_is_its_definition_over_blocks_and_chunks(store, monkeypatch, block):
+    """Text columns are hashed a block of values at a time; any block size, any chunking of
+    the columns and null texts give the hash its definition gives."""
+    store.add_comparisons(_awkward_frame(45))
+    v = store.snapshot("v")
+    frame = v.to_polars()
+    assert frame["rationale"].null_count() and frame["rationale"].is_not_null().any()
+    monkeypatch.setattr(versions, "HASH_BLOCK", block)
+    chunked = pl.concat([frame.slice(0, 7), frame.slice(7, 20), frame.slice(27)], rechunk=False)
+    assert chunked["comparison_id"].n_chunks() == 3
+    expected = _hash_by_definition(frame)
+    assert v.hash == expected
+    assert content_hash(frame) == content_hash(chunked) == content_hash(chunked.reverse()) == expected
