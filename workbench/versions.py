@@ -589,6 +589,7 @@ def _assemble(events: pl.DataFrame, prompts: pl.DataFrame, responses: pl.DataFra
 
 
 TEXT_COLUMNS = ("prompt", "response_a", "response_b")
+ID_COLUMNS = ("prompt_id", "response_a_id", "response_b_id")  # the ids a comparison names
 SPLICED_KEYS = ("prompt", "response")  # dictionaries of _assemble_for_file whose pages parquet_parts makes
 FILE_ORDER = ["created_at", "comparison_id"]  # the rows' order in a version's file, and in its hash
 
@@ -596,8 +597,9 @@ FILE_ORDER = ["created_at", "comparison_id"]  # the rows' order in a version's f
 def _assemble_for_file(events: pl.DataFrame, prompts: pl.DataFrame, responses: pl.DataFrame, response_texts: Any = None) -> tuple[pl.DataFrame, Any, dict]:
     """What :func:`_assemble` gives, as Arrow, without copying a text into every row that shows it.
 
-    Returns the resolved events in file order (:data:`FILE_ORDER`; the hash needs no texts),
-    the comparisons table as Arrow and its statistics. The text columns (``prompt``,
+    Returns the resolved events in file order (:data:`FILE_ORDER`) but for their
+    :data:`ID_COLUMNS`, the comparisons table as Arrow and its statistics (the hash of the two
+    is :func:`_assembled_hash`). The text columns (``prompt``,
     ``response_a``, ``response_b``, and the contents and roles of ``prompt_messages``) are
     dictionary arrays over the distinct prompts and responses (row positions from joins on
     ids), as are ``category`` and the models; written to Parquet (without the Arrow schema) it
@@ -672,7 +674,9 @@ def _assemble_for_file(events: pl.DataFrame, prompts: pl.DataFrame, responses: p
             [dictionary(positions, pl.Series(child.field(f)), f) for f in ("role", "content")], names=["role", "content"]
         ),
     )
-    narrow = ordered.select([pl.col(c).cast(t) for c, t in EVENT_SCHEMA.items() if c in COMPARISONS_SCHEMA])
+    # The events' own id texts go with the events: the table's id columns are dictionaries
+    # over the prompts' and responses' ids, and the hash reads them there (_assembled_hash).
+    narrow = ordered.select([pl.col(c).cast(t) for c, t in EVENT_SCHEMA.items() if c in COMPARISONS_SCHEMA and c not in ID_COLUMNS])
     response_text, response_models = responses["text"], responses["model"]
     columns = {
         "prompt_id": dictionary(p_idx, prompts["prompt_id"], "prompt_id"),
@@ -740,13 +744,55 @@ def content_hash(frame: pl.DataFrame) -> str:
     canon = frame.select(HASH_COLUMNS)
     if not _in_file_order(canon):
         canon = canon.sort(FILE_ORDER)
+    return _digest(canon.height, lambda name: _canonical_bytes(canon.get_column(name)))
+
+
+def _digest(n_rows: int, canonical: Any) -> str:
+    """SHA-256 of :data:`HASH_PREFIX`, the row count and each of the :data:`HASH_COLUMNS`
+    (its name and ``canonical(name)``: its canonical bytes as buffers, rows in file order)."""
     h = hashlib.sha256(HASH_PREFIX)
-    h.update(canon.height.to_bytes(8, "little"))
+    h.update(n_rows.to_bytes(8, "little"))
     for name in HASH_COLUMNS:
         h.update(name.encode("ascii") + b"\n")
-        for part in _canonical_bytes(canon.get_column(name)):
+        for part in canonical(name):
             h.update(part)
     return h.hexdigest()
+
+
+def _assembled_hash(narrow: pl.DataFrame, table: Any) -> str:
+    """:func:`content_hash` of what :func:`_assemble_for_file` gives: the events in file order
+    (``narrow``), their :data:`ID_COLUMNS` from the table's dictionary columns."""
+    return _digest(narrow.height, lambda name: _canonical_dictionary(table.column(name)) if name in ID_COLUMNS
+                   else _canonical_bytes(narrow.get_column(name)))
+
+
+def _canonical_dictionary(column: Any) -> Any:
+    """The canonical bytes of a text column held as a dictionary (an Arrow chunked array of
+    dictionary arrays over large strings, with no null value): each row's value is looked up
+    :data:`HASH_BLOCK` rows at a time."""
+    import numpy as np
+    import pyarrow as pa
+
+    for chunk in column.chunks:
+        if chunk.null_count or chunk.dictionary.null_count:
+            raise ValueError("an id column has no nulls")
+    chunks = [c for c in column.chunks if len(c)]
+    lengths = []
+    for chunk in chunks:
+        values = chunk.dictionary.cast(pa.large_string())
+        offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset:values.offset + len(values) + 1]
+        indices = chunk.indices
+        kind = "u" if pa.types.is_unsigned_integer(indices.type) else "i"
+        at = np.frombuffer(indices.buffers()[1], dtype=np.dtype(f"<{kind}{indices.type.bit_width // 8}"))[indices.offset:indices.offset + len(indices)]
+        lengths.append(np.diff(offsets)[at])
+    yield np.concatenate(lengths).astype("<i8", copy=False) if lengths else b""
+    for chunk in chunks:
+        for start in range(0, len(chunk), HASH_BLOCK):
+            block = chunk.slice(start, HASH_BLOCK).dictionary_decode().cast(pa.large_string())
+            offsets = np.frombuffer(block.buffers()[1], dtype=np.int64)[block.offset:block.offset + len(block) + 1]
+            data = block.buffers()[2]
+            if data is not None and offsets[-1] > offsets[0]:
+                yield memoryview(data)[offsets[0]:offsets[-1]]
 
 
 def content_hash_v1(frame: pl.DataFrame) -> str:
@@ -985,13 +1031,14 @@ def take_snapshot(
     release_free_memory()
     events, prompts, responses, watermark = parts.events, parts.prompts, parts.responses, parts.watermark
     pages = _early_pages(parts)
-    if events.height:
+    n_rows = events.height
+    if n_rows:
         frame, table, stats = _assemble_for_file(events, prompts, responses, parts.response_texts)
-        release_free_memory()
     else:
         frame = table = pl.DataFrame(schema=COMPARISONS_SCHEMA)
         stats = frame_stats(frame)
     del events, prompts, responses, parts
+    release_free_memory()  # what the reads and the assembly freed (the events' id texts among it)
     vdir = store.files_dir / "versions"
     vdir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=vdir, suffix=".parquet.tmp")
@@ -1004,7 +1051,7 @@ def take_snapshot(
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wb-parquet") as pool:
             written = pool.submit(_write_version_file_in_parts, table, tmp, None, pages)
             try:
-                digest = content_hash(frame)
+                digest = _assembled_hash(frame, table) if n_rows else content_hash(frame)
             finally:
                 sha = written.result()
         del table
@@ -1016,7 +1063,7 @@ def take_snapshot(
     filters = {"exclude_annotators": list(exclude_annotators), "sources": list(sources) if sources is not None else None}
     row = dict(
         name=name, content_hash=digest, watermark=watermark, parent=parent_row[0] if parent_row else None,
-        path=str(final.relative_to(store.files_dir)), file_sha256=sha, n_comparisons=frame.height,
+        path=str(final.relative_to(store.files_dir)), file_sha256=sha, n_comparisons=n_rows,
         stats=json.dumps(stats), filters=json.dumps(filters), description=description, created_at=utcnow(),
     )
     try:

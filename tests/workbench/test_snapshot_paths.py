@@ -208,13 +208,14 @@ def _hash_by_definition(frame: pl.DataFrame) -> str:
 
 @pytest.mark.parametrize("block", [1, 3, 64, 1 << 16])
 def test_the_hash_is_its_definition_over_blocks_and_chunks(store, monkeypatch, block):
-    """Text columns are hashed a block of values at a time; any block size, any chunking of
-    the columns and null texts give the hash its definition gives."""
+    """Text columns are hashed a block of values at a time (a snapshot reads its id columns
+    from the dictionaries it writes); any block size, any chunking of the columns and null
+    texts give the hash its definition gives."""
     store.add_comparisons(_awkward_frame(45))
-    v = store.snapshot("v")
+    monkeypatch.setattr(versions, "HASH_BLOCK", block)
+    v = store.snapshot("v")  # its hash read the ids from the table's dictionaries, a block at a time
     frame = v.to_polars()
     assert frame["rationale"].null_count() and frame["rationale"].is_not_null().any()
-    monkeypatch.setattr(versions, "HASH_BLOCK", block)
     chunked = pl.concat([frame.slice(0, 7), frame.slice(7, 20), frame.slice(27)], rechunk=False)
     assert chunked["comparison_id"].n_chunks() == 3
     expected = _hash_by_definition(frame)
