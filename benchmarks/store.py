@@ -129,20 +129,41 @@ def append_latency(store: "workbench.Store", url: str, files: str, writers: int,
     return float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), writers * per_writer / elapsed
 
 
-def fresh_process_snapshot(url: str, files: str) -> float:
-    """Seconds of ``store.snapshot`` in a new Python process (its imports done before the clock starts)."""
+def fresh_process_snapshot(url: str, files: str) -> tuple[float, float]:
+    """Seconds of ``store.snapshot`` in a new Python process (its imports done before the clock
+    starts), and the MiB its resident memory grew to above what it held before."""
     import subprocess
 
     code = (
-        "import sys, time, workbench, numpy, polars, pyarrow, pyarrow.parquet\n"
+        "import sys, time, resource, workbench, numpy, polars, pyarrow, pyarrow.parquet\n"
         f"s = workbench.open({url!r}, files_dir={files!r})\n"
+        "before = int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize()\n"
         "t = time.perf_counter()\n"
         "s.snapshot(f'bench-fresh-{time.time_ns()}')\n"
-        "print(time.perf_counter() - t)\n"
+        "peak = [int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"  # ru_maxrss may be the parent's (vfork)
+        "print(time.perf_counter() - t, (peak - before) / 2**20)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=str(Path(__file__).resolve().parents[1]))
-    return float(out.stdout.strip().splitlines()[-1])
+    secs, grew = out.stdout.strip().splitlines()[-1].split()
+    return float(secs), float(grew)
+
+
+def first_touch_cost(mib: int = 256) -> tuple[float, float]:
+    """Milliseconds per MiB to fault in fresh memory in a new process, and to write it again.
+    On a virtual machine whose host takes back free memory (a balloon's free page reporting),
+    the first figure is many times the second, and it weighs on every step that allocates."""
+    import subprocess
+
+    code = (
+        "import time, numpy as np\n"
+        f"t = time.perf_counter(); a = np.ones({mib} << 17); first = time.perf_counter() - t\n"
+        "t = time.perf_counter(); a[:] = 2.0; again = time.perf_counter() - t\n"
+        f"print(first * 1000 / {mib}, again * 1000 / {mib})\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    first, again = out.stdout.split()
+    return float(first), float(again)
 
 
 def bench(label: str, url: str, files: str, frame: pl.DataFrame, writers: int, per_writer: int, floor: bool,
@@ -184,9 +205,11 @@ def bench(label: str, url: str, files: str, frame: pl.DataFrame, writers: int, p
     print(f"snapshot    {v.n_comparisons:>9,} comparisons  wall {t.wall:6.2f} s  cpu {t.cpu:6.2f} s  "
           f"(parquet {v.path.stat().st_size / 2**20:,.0f} MiB)")
     if store.dialect == "sqlite":
-        secs = fresh_process_snapshot(url, files)
+        secs, grew = fresh_process_snapshot(url, files)
         print(f"snapshot    {v.n_comparisons:>9,} comparisons  wall {secs:6.2f} s  in a fresh process (as `workbench snapshot` "
-              "or a new notebook takes it; the one above ran in the process that imported)")
+              f"or a new notebook takes it; the one above ran in the process that imported); its memory grew {grew:,.0f} MiB")
+        first, again = first_touch_cost()
+        print(f"memory      this machine faults in fresh memory at {first:.2f} ms/MiB, and writes it again at {again:.2f} ms/MiB")
     fresh = workbench.open(url, files_dir=files).version(v.name)
     with Timer() as t:
         back = fresh.to_polars()
