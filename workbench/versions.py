@@ -788,11 +788,7 @@ def _canonical_dictionary(column: Any) -> Any:
     yield np.concatenate(lengths).astype("<i8", copy=False) if lengths else b""
     for chunk in chunks:
         for start in range(0, len(chunk), HASH_BLOCK):
-            block = chunk.slice(start, HASH_BLOCK).dictionary_decode().cast(pa.large_string())
-            offsets = np.frombuffer(block.buffers()[1], dtype=np.int64)[block.offset:block.offset + len(block) + 1]
-            data = block.buffers()[2]
-            if data is not None and offsets[-1] > offsets[0]:
-                yield memoryview(data)[offsets[0]:offsets[-1]]
+            yield _values_bytes(chunk.slice(start, HASH_BLOCK).dictionary_decode())
 
 
 def content_hash_v1(frame: pl.DataFrame) -> str:
@@ -835,22 +831,25 @@ def _canonical_bytes(col: pl.Series) -> Any:
     return [mask.tobytes(), values.fill_null(0).to_numpy().astype(dtype).tobytes()]
 
 
-def _canonical_text(col: pl.Series) -> Any:
+def _values_bytes(block: Any) -> Any:
+    """The bytes of an Arrow text array's values back to back (the array has no nulls)."""
     import numpy as np
     import pyarrow as pa
 
+    if block.type != pa.large_string():
+        block = block.cast(pa.large_string())
+    offsets = np.frombuffer(block.buffers()[1], dtype=np.int64)[block.offset:block.offset + len(block) + 1]
+    data = block.buffers()[2]
+    return memoryview(data)[offsets[0]:offsets[-1]] if data is not None and len(block) else b""
+
+
+def _canonical_text(col: pl.Series) -> Any:
     yield col.str.len_bytes().cast(pl.Int64).fill_null(-1).to_numpy().astype("<i8", copy=False)
     if col.null_count():
         col = col.fill_null("")
     for chunk in col.to_frame().to_arrow().column(0).chunks:  # string views, as polars holds them
         for at in range(0, len(chunk), HASH_BLOCK):
-            block = chunk.slice(at, HASH_BLOCK)
-            if block.type != pa.large_string():
-                block = block.cast(pa.large_string())
-            offsets = np.frombuffer(block.buffers()[1], dtype=np.int64)[block.offset:block.offset + len(block) + 1]
-            data = block.buffers()[2]
-            if data is not None and offsets[-1] > offsets[0]:
-                yield memoryview(data)[offsets[0]:offsets[-1]]
+            yield _values_bytes(chunk.slice(at, HASH_BLOCK))
 
 
 STATISTICS_COLUMNS = ["category", "model_a", "model_b", "label", "strength", "annotator_id", "shown_left", "source", "gold", "duration_ms", "created_at"]
