@@ -590,9 +590,9 @@ def _stand_in(n: int, value_type: Any) -> Any:
     return ints.cast(pa.string()).cast(value_type)
 
 
-def _unencoded_bytes(column: Any) -> int:
-    """The byte lengths of a dictionary column's values summed over its rows (nulls count 0):
-    the column's ``unencoded_byte_array_data_bytes``. (Read from the Arrow buffers: pyarrow's
+def row_lengths(column: Any) -> Any:
+    """The byte length of each row's value in a dictionary array over text or binary values
+    (numpy; rows without a value are left out). (Read from the Arrow buffers: pyarrow's
     ``to_numpy`` would import pandas.)"""
     import numpy as np
     import pyarrow as pa
@@ -606,7 +606,13 @@ def _unencoded_bytes(column: Any) -> int:
     if indices.null_count:
         valid = np.unpackbits(np.frombuffer(indices.buffers()[0], dtype=np.uint8), bitorder="little")[at:at + n].astype(bool)
         positions = positions[valid]
-    return int(lengths[positions].sum())
+    return lengths[positions]
+
+
+def _unencoded_bytes(column: Any) -> int:
+    """The byte lengths of a dictionary column's values summed over its rows (nulls count 0):
+    the column's ``unencoded_byte_array_data_bytes``."""
+    return int(row_lengths(column).sum())
 
 
 def spliceable(column: Any) -> bool:

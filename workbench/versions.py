@@ -768,24 +768,17 @@ def _assembled_hash(narrow: pl.DataFrame, table: Any) -> str:
 
 def _canonical_dictionary(column: Any) -> Any:
     """The canonical bytes of a text column held as a dictionary (an Arrow chunked array of
-    dictionary arrays over large strings, with no null value): each row's value is looked up
+    dictionary arrays over text, with no null value): each row's value is looked up
     :data:`HASH_BLOCK` rows at a time."""
     import numpy as np
-    import pyarrow as pa
+
+    from .parquet_parts import row_lengths
 
     for chunk in column.chunks:
         if chunk.null_count or chunk.dictionary.null_count:
-            raise ValueError("an id column has no nulls")
+            raise ValueError("an id column holds a null")
     chunks = [c for c in column.chunks if len(c)]
-    lengths = []
-    for chunk in chunks:
-        values = chunk.dictionary.cast(pa.large_string())
-        offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset:values.offset + len(values) + 1]
-        indices = chunk.indices
-        kind = "u" if pa.types.is_unsigned_integer(indices.type) else "i"
-        at = np.frombuffer(indices.buffers()[1], dtype=np.dtype(f"<{kind}{indices.type.bit_width // 8}"))[indices.offset:indices.offset + len(indices)]
-        lengths.append(np.diff(offsets)[at])
-    yield np.concatenate(lengths).astype("<i8", copy=False) if lengths else b""
+    yield np.concatenate([row_lengths(c) for c in chunks]).astype("<i8", copy=False) if chunks else b""
     for chunk in chunks:
         for start in range(0, len(chunk), HASH_BLOCK):
             yield _values_bytes(chunk.slice(start, HASH_BLOCK).dictionary_decode())
@@ -832,7 +825,8 @@ def _canonical_bytes(col: pl.Series) -> Any:
 
 
 def _values_bytes(block: Any) -> Any:
-    """The bytes of an Arrow text array's values back to back (the array has no nulls)."""
+    """The bytes of an Arrow text array's values back to back (the array has no nulls; string
+    views too, which :func:`workbench.parquet_parts.plain_dictionary_page` does not take)."""
     import numpy as np
     import pyarrow as pa
 
