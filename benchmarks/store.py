@@ -97,6 +97,7 @@ def raw_sqlite_floor(events: pl.DataFrame, path: str) -> float:
 
 def _writer(url: str, files: str, worker: int, n: int, pairs: list, go: str, out: str) -> None:
     store = workbench.open(url, files_dir=files)
+    Path(out + ".ready").touch()
     while not os.path.exists(go):
         time.sleep(0.002)
     lat = []
@@ -106,27 +107,48 @@ def _writer(url: str, files: str, worker: int, n: int, pairs: list, go: str, out
         store.add_label(p, a, b, "ab"[i % 2], f"w{worker}", client_token=f"bench-{worker}-{i}-{os.getpid()}", duration_ms=i)
         lat.append(time.perf_counter() - t)
     Path(out).write_text(json.dumps(lat))
+    # Stay until the parent says every writer is done: a Python process's exit (the interpreter's
+    # and the libraries' teardown, 0.1-0.2 s of CPU) would compete with the other writers' labels
+    # on this machine's two cores, and their latency would measure it.
+    while not os.path.exists(go + ".done"):
+        time.sleep(0.002)
 
 
 def append_latency(store: "workbench.Store", url: str, files: str, writers: int, per_writer: int) -> tuple[float, float, float]:
+    """p50 and p99 of one ``add_label`` call (ms) and the labels per second of all writers
+    together. The writer processes start (imports, opening the store) before the clock does, and
+    exit after it stopped."""
     live = store.live().select("prompt_id", "response_a_id", "response_b_id").head(5000)
     pairs = [list(r) for r in live.iter_rows()]
     for w in range(writers):
         store.add_annotator(f"w{w}")
     tmp = tempfile.mkdtemp()
     go = os.path.join(tmp, "go")
+    outs = [os.path.join(tmp, f"{w}.json") for w in range(writers)]
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(url, files, w, per_writer, pairs, go, os.path.join(tmp, f"{w}.json"))) for w in range(writers)]
+    procs = [ctx.Process(target=_writer, args=(url, files, w, per_writer, pairs, go, outs[w])) for w in range(writers)]
     for p in procs:
         p.start()
-    time.sleep(3.0)
-    t = time.perf_counter()
-    Path(go).touch()
-    for p in procs:
-        p.join()
-    elapsed = time.perf_counter() - t
-    lat = np.concatenate([json.loads(Path(tmp, f"{w}.json").read_text()) for w in range(writers)]) * 1000
+    try:
+        _wait_for([o + ".ready" for o in outs], procs)
+        time.sleep(0.5)
+        t = time.perf_counter()
+        Path(go).touch()
+        _wait_for(outs, procs)
+        elapsed = time.perf_counter() - t
+    finally:
+        Path(go + ".done").touch()
+        for p in procs:
+            p.join()
+    lat = np.concatenate([json.loads(Path(o).read_text()) for o in outs]) * 1000
     return float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), writers * per_writer / elapsed
+
+
+def _wait_for(paths: list[str], procs: list) -> None:
+    while not all(os.path.exists(p) for p in paths):
+        if any(p.exitcode not in (None, 0) for p in procs):
+            raise RuntimeError("a writer process failed")
+        time.sleep(0.002)
 
 
 def fresh_process_snapshot(url: str, files: str) -> tuple[float, float]:
