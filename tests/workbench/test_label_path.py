@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+import threading
+import time
 
 import pytest
 
@@ -148,3 +150,81 @@ def test_unstorable_text_is_refused_alike_on_both_databases(seeded, kwargs, matc
     with pytest.raises(ValueError, match=match):
         store.add_label(**args)
     assert store.stats()["label_events"] == 0
+
+
+def _hold_write_lock(path: str, seconds: float) -> tuple[sqlite3.Connection, threading.Thread]:
+    """Another connection takes the write lock now and lets it go after ``seconds``."""
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    t = threading.Timer(seconds, lambda: other.execute("COMMIT"))
+    t.start()
+    return other, t
+
+
+def _busy_timeout(store) -> int:
+    fairy = store.engine.raw_connection()
+    try:
+        return fairy.driver_connection.execute("PRAGMA busy_timeout").fetchone()[0]
+    finally:
+        fairy.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize("held", [0.0005, 0.3])
+def test_sqlite_label_waits_for_another_writer(seeded, held):
+    """A label whose write lock is taken waits for it: within the quick tries (held 0.5 ms) or
+    in SQLite's own wait after them (held 0.3 s), and records the label once it is free. The
+    connection's busy timeout is SQLite's 60 s again afterwards."""
+    store, p, a, b, _ = seeded
+    other, timer = _hold_write_lock(store.engine.url.database, held)
+    try:
+        t = time.perf_counter()
+        r = store.add_label(p, a, b, "a", "alice", client_token="waits")
+        waited = time.perf_counter() - t
+    finally:
+        timer.join()
+        other.close()
+    assert r.created and store.stats()["label_events"] == 1
+    if held > 0.1:  # it did wait (the timer started before the clock, hence the margin)
+        assert waited >= held - 0.05
+    assert _busy_timeout(store) == 60_000
+
+
+def test_begin_immediate_quick_tries_then_sqlite_wait_and_other_errors(tmp_path, monkeypatch):
+    """Busy: the quick tries, then SQLite's wait up to the busy timeout, then the error; another
+    error: raised at once. The connection's busy timeout is restored either way."""
+    from workbench import store as store_module
+
+    path = str(tmp_path / "x.db")
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA journal_mode = WAL")
+    con.execute("PRAGMA busy_timeout = 60000")
+    con.execute("CREATE TABLE t (x)")
+    # Held for longer than the quick tries and a (shortened) SQLite wait.
+    other, timer = _hold_write_lock(path, 1.0)
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 50)
+    sleeps: list[float] = []
+    real_sleep = time.sleep
+    monkeypatch.setattr(time, "sleep", lambda s: (sleeps.append(s), real_sleep(s)))
+    try:
+        t = time.perf_counter()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            store_module._begin_immediate(con)
+        waited = time.perf_counter() - t
+    finally:
+        timer.join()
+        other.close()
+    assert 0.05 <= waited < 0.9
+    assert sleeps == [store_module.QUICK_WAIT] * store_module.QUICK_TRIES
+    assert con.execute("PRAGMA busy_timeout").fetchone()[0] == 50
+    assert not con.in_transaction
+    con.close()
+    # An error other than a busy lock is raised at once, not tried again.
+    con = sqlite3.connect(path, isolation_level=None)
+    sleeps: list[float] = []
+    monkeypatch.setattr(time, "sleep", sleeps.append)
+    con.execute("BEGIN")
+    with pytest.raises(sqlite3.OperationalError, match="within a transaction"):
+        store_module._begin_immediate(con)
+    assert sleeps == [] and con.execute("PRAGMA busy_timeout").fetchone()[0] == 50
+    con.close()
