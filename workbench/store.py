@@ -214,6 +214,8 @@ class Store:
         """Add a response to a prompt; returns its content-addressed id."""
         if not isinstance(text, str) or not text.strip():
             raise ValueError("a response needs a non-empty text")
+        for name, value in (("prompt_id", prompt_id), ("response text", text), ("model", model)):
+            _check_storable(name, value)
         rid = ids.response_id_of(prompt_id, text, model)
         with self._write() as conn:
             if conn.execute(sa.select(schema.prompts.c.prompt_id).where(schema.prompts.c.prompt_id == prompt_id)).first() is None:
@@ -232,6 +234,8 @@ class Store:
             raise ValueError("an annotator id is a non-empty string of at most 200 characters")
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        _check_storable("annotator id", annotator_id)
+        _check_storable("annotator name", name)
         with self._write() as conn:
             conn.execute(
                 self._insert_ignore(schema.annotators).values(
@@ -248,6 +252,7 @@ class Store:
             raise ValueError(f"unknown annotator fields: {sorted(set(fields) - allowed)}")
         if "role" in fields and fields["role"] not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}")
+        _check_storable("annotator name", fields.get("name"))
         with self._write() as conn:
             n = conn.execute(
                 schema.annotators.update().where(schema.annotators.c.annotator_id == annotator_id).values(**fields)
@@ -777,6 +782,8 @@ def _prompt_row(content: Any, category: str | None, metadata: dict | None) -> di
         else:
             text = ids.render_messages(messages)
     key = ids.prompt_key(None if messages else text, messages)
+    _check_storable("prompt", text)
+    _check_storable("category", category)
     return dict(
         prompt_id=ids.prompt_id_of(key), kind="messages" if messages else "text", text=text,
         messages=json.dumps(messages, ensure_ascii=False) if messages else None,

@@ -416,3 +416,24 @@ def test_public_transaction_commits_or_rolls_back(store):
             raise RuntimeError("boom")
     with store.transaction(write=False) as conn:
         assert conn.execute(sa.select(schema.meta.c.value).where(schema.meta.c.key == "probe")).scalar_one() == "1"
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda s, p: s.add_prompt("a\x00b"), "prompt contains a NUL"),
+    (lambda s, p: s.add_prompt([{"role": "user", "content": "x"}, {"role": "assistant", "content": "\ud800"}]), "prompt contains"),
+    (lambda s, p: s.add_prompt("fine", category="c\x00"), "category contains"),
+    (lambda s, p: s.add_response(p, "r\x00"), "response text contains"),
+    (lambda s, p: s.add_response(p, "ok", model="m\x00"), "model contains"),
+    (lambda s, p: s.add_annotator("bo\x00b"), "annotator id contains"),
+    (lambda s, p: s.add_annotator("bob", name="\udfff"), "annotator name contains"),
+    (lambda s, p: s.set_annotator("alice", name="x\x00"), "annotator name contains"),
+])
+def test_entity_methods_refuse_unstorable_text(seeded, call, match):
+    """A NUL (PostgreSQL's text cannot hold one: it raised a raw DataError) or a lone surrogate is
+    refused with the same clear error on both databases, and nothing is written."""
+    store, p, a, b = seeded
+    before = table_counts(store)
+    with pytest.raises(ValueError, match=match):
+        call(store, p)
+    assert table_counts(store) == before
+    assert store.annotator("alice")["name"] == "alice"
