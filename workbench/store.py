@@ -348,11 +348,11 @@ class Store:
         becomes their wait. So the insert checks the references itself (``INSERT ... SELECT
         ... WHERE``: the annotator exists, both responses answer the prompt) and a resubmitted
         client token is found by the insert (``ON CONFLICT DO NOTHING``). Only when it inserts
-        nothing is the reason looked up (an event with that token, else the checks of
-        :meth:`_check_refs` for a clear error). The statements go to ``sqlite3`` directly:
-        through SQLAlchemy each costs some 50 us of Python, more than SQLite's own work for a
-        label. The row is the one the SQLAlchemy path writes: each value goes through its column
-        type's bind processor.
+        nothing is the reason looked up, as the SQLAlchemy path looks it up (an event with that
+        token, else :meth:`_check_refs` for a clear error). The write goes to ``sqlite3``
+        directly: through SQLAlchemy each statement costs some 50 us of Python, more than
+        SQLite's own work for a label. The row is the one the SQLAlchemy path writes: each value
+        goes through its column type's bind processor.
         """
         sql = self._label_sql
         params = [row[c] if convert is None else convert(row[c]) for c, convert in sql["columns"]]
@@ -368,23 +368,19 @@ class Store:
                 if con.in_transaction:
                     con.execute("ROLLBACK")
                 raise
-            if got is not None:
-                return LabelReceipt(int(got[0]), row["comparison_id"], True)
-            # Nothing inserted: a resubmission, or a reference that is not there. Events,
-            # annotators and the prompt of a response are never changed nor deleted, so what is
-            # read now is what the insert saw.
-            cur = con.execute(sql["by_token"], (row["client_token"],))
-            names = [d[0] for d in cur.description]
-            existing = cur.fetchone()
-            if existing is not None:
-                return self._resubmitted(dict(zip(names, existing, strict=True)), row)
-            if con.execute(sql["annotator"], (row["annotator_id"],)).fetchone() is None:
-                raise NotFound(f"unknown annotator {row['annotator_id']!r} (add it with store.add_annotator)")
-            rids = (row["response_a_id"], row["response_b_id"])
-            self._check_responses(row["prompt_id"], rids, dict(con.execute(sql["responses"], rids).fetchall()))
-            raise StoreError("the label was not recorded")  # not reached: one of the checks above fails
         finally:
             fairy.close()
+        if got is not None:
+            return LabelReceipt(int(got[0]), row["comparison_id"], True)
+        # Nothing inserted: a resubmission, or a reference that is not there (the SQLAlchemy
+        # path's own checks say which). Events, annotators and the prompt of a response are never
+        # changed nor deleted, so what is read now is what the insert saw.
+        with self._read() as conn:
+            existing = self._event_by_token(conn, row["client_token"])
+            if existing is not None:
+                return self._resubmitted(existing, row)
+            self._check_refs(conn, row["prompt_id"], (row["response_a_id"], row["response_b_id"]), row["annotator_id"])
+        raise StoreError("the label was not recorded")  # not reached: one of the checks above fails
 
     @functools.cached_property
     def _label_sql(self) -> dict[str, Any]:
@@ -396,10 +392,6 @@ class Store:
                       "AND (SELECT count(*) FROM responses WHERE response_id IN (?, ?) AND prompt_id = ?) = 2 "
                       "ON CONFLICT DO NOTHING RETURNING event_id",
             "columns": [(c, e.c[c].type.dialect_impl(dialect).bind_processor(dialect)) for c in names],
-            "by_token": "SELECT event_id, comparison_id, prompt_id, response_a_id, response_b_id, label, annotator_id, "
-                        "client_token FROM label_events WHERE client_token = ?",
-            "annotator": "SELECT 1 FROM annotators WHERE annotator_id = ?",
-            "responses": "SELECT response_id, prompt_id FROM responses WHERE response_id IN (?, ?)",
         }
 
     def _insert_event(self, conn: sa.Connection, row: dict) -> int | None:
@@ -500,11 +492,6 @@ class Store:
         if prompt_id is None:
             return
         found = dict(conn.execute(self._statements["responses"], {"response_ids": list(response_ids)}).all())
-        self._check_responses(prompt_id, response_ids, found)
-
-    @staticmethod
-    def _check_responses(prompt_id: str, response_ids: Sequence[str], found: dict) -> None:
-        """``found``: the prompt of each of ``response_ids`` that is in the store."""
         for rid in response_ids:
             if rid not in found:
                 raise NotFound(f"unknown response {rid!r}")
